@@ -1,0 +1,390 @@
+//! Signed bearer tokens: compact JWS (RFC 7515) with `alg: EdDSA` (Ed25519)
+//! and `typ: at+jwt`, carrying the OAuth access-token claims of RFC 9068
+//! plus ferry's own (`pool_id`, `agent_id`, `job_id`, `project`,
+//! `pipeline`). Any language with a JWT library can read them; every ferry
+//! service verifies them locally with the server's public signing key.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Clock skew tolerated when checking `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECONDS: i64 = 30;
+
+/// Longest token accepted, in bytes: anything longer is refused unparsed.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Whom a token is for. Each kind of credential has its own audience so one
+/// can never be used where another is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Listener tokens: long-poll for jobs.
+    Listener,
+    /// Job tokens: logs, status, resources of one job.
+    Job,
+}
+
+impl Audience {
+    /// The `aud` claim value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Listener => "ferry:listener",
+            Audience::Job => "ferry:job",
+        }
+    }
+}
+
+/// Scope values.
+pub mod scope {
+    /// Listener token: poll for jobs.
+    pub const AGENT_LISTEN: &str = "agent:listen";
+    /// Job token: stream the job's logs.
+    pub const JOB_LOGS: &str = "job:logs";
+    /// Job token: report step and job status.
+    pub const JOB_STATUS: &str = "job:status";
+    /// Job token: read the job's resources and upload its results.
+    pub const JOB_RESOURCES: &str = "job:resources";
+}
+
+/// The claims ferry puts in its tokens.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject: `agent:{id}` or `job:{id}`.
+    pub sub: String,
+    /// Audience (one value).
+    pub aud: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: i64,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Token id.
+    pub jti: String,
+    /// The OAuth client: the agent id.
+    pub client_id: String,
+    /// Space-separated granted scopes.
+    pub scope: String,
+    /// Pool of the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+    /// The agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The job (job tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The pipeline's project (job tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The pipeline (job tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+}
+
+impl fmt::Debug for Claims {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The claims are not secret, but the jti identifies a live token.
+        formatter
+            .debug_struct("Claims")
+            .field("sub", &self.sub)
+            .field("aud", &self.aud)
+            .field("exp", &self.exp)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Claims {
+    /// The granted scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split_ascii_whitespace()
+    }
+}
+
+/// Why a token was refused. The message never includes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a compact JWS, bad base64 or bad JSON, or too long.
+    #[error("malformed token")]
+    Malformed,
+    /// Not `alg: EdDSA` / `typ: at+jwt`.
+    #[error("unsupported token type")]
+    Unsupported,
+    /// Signed by another key, or altered.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// Past its `exp`.
+    #[error("token expired")]
+    Expired,
+    /// Issued in the future.
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// For another audience.
+    #[error("token is not valid for this service (audience {0})")]
+    WrongAudience(String),
+    /// From another issuer.
+    #[error("token is from another issuer")]
+    WrongIssuer,
+    /// Signing failed (a bug or a broken key).
+    #[error("could not sign token")]
+    Signing,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    typ: String,
+    kid: String,
+}
+
+/// Signs tokens with the server's Ed25519 key.
+pub struct TokenSigner {
+    key_pair: Ed25519KeyPair,
+    issuer: String,
+    key_id: String,
+}
+
+impl fmt::Debug for TokenSigner {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("TokenSigner")
+            .field("issuer", &self.issuer)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a new Ed25519 key, PKCS#8 encoded, for [`TokenSigner::from_pkcs8`].
+pub fn generate_signing_key() -> Result<Vec<u8>, TokenError> {
+    Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map(|document| document.as_ref().to_vec())
+        .map_err(|_| TokenError::Signing)
+}
+
+fn key_id(public_key: &[u8]) -> String {
+    hex::encode(&Sha256::digest(public_key)[..8])
+}
+
+impl TokenSigner {
+    /// A signer from a PKCS#8 Ed25519 key.
+    pub fn from_pkcs8(pkcs8: &[u8], issuer: impl Into<String>) -> Result<Self, TokenError> {
+        let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| TokenError::Signing)?;
+        let key_id = key_id(key_pair.public_key().as_ref());
+        Ok(Self {
+            key_pair,
+            issuer: issuer.into(),
+            key_id,
+        })
+    }
+
+    /// The issuer these tokens carry.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The verifier for tokens this signer makes.
+    pub fn verifier(&self) -> TokenVerifier {
+        TokenVerifier::new(self.key_pair.public_key().as_ref(), self.issuer.clone())
+    }
+
+    /// Signs the claims; `iss` is set to this signer's issuer.
+    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        let header = Header {
+            alg: "EdDSA".to_owned(),
+            typ: "at+jwt".to_owned(),
+            kid: self.key_id.clone(),
+        };
+        let mut claims = claims.clone();
+        claims.iss = self.issuer.clone();
+        let header = serde_json::to_vec(&header).map_err(|_| TokenError::Signing)?;
+        let payload = serde_json::to_vec(&claims).map_err(|_| TokenError::Signing)?;
+        let mut token = String::with_capacity(512);
+        URL_SAFE_NO_PAD.encode_string(header, &mut token);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let signature = self.key_pair.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        Ok(token)
+    }
+}
+
+/// Verifies tokens locally with the server's public signing key.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    public_key: UnparsedPublicKey<Vec<u8>>,
+    key_id: String,
+    issuer: String,
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("TokenVerifier")
+            .field("issuer", &self.issuer)
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier for the raw 32-byte Ed25519 public key.
+    pub fn new(public_key: &[u8], issuer: impl Into<String>) -> Self {
+        Self {
+            key_id: key_id(public_key),
+            public_key: UnparsedPublicKey::new(&ED25519, public_key.to_vec()),
+            issuer: issuer.into(),
+        }
+    }
+
+    /// Checks the signature, issuer, audience and times of `token` at `now`
+    /// (seconds since the epoch) and returns its claims.
+    pub fn verify(&self, token: &str, audience: Audience, now: i64) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header: Header = decode_json(header)?;
+        if header.alg != "EdDSA" || header.typ != "at+jwt" {
+            return Err(TokenError::Unsupported);
+        }
+        if header.kid != self.key_id {
+            return Err(TokenError::BadSignature);
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        let signed_len = token.len() - token.rsplit('.').next().map_or(0, str::len) - 1;
+        self.public_key
+            .verify(&token.as_bytes()[..signed_len], &signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = decode_json(payload)?;
+        if claims.iss != self.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if claims.aud != audience.as_str() {
+            return Err(TokenError::WrongAudience(claims.aud));
+        }
+        if claims.exp + LEEWAY_SECONDS < now {
+            return Err(TokenError::Expired);
+        }
+        if claims.iat - LEEWAY_SECONDS > now {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(audience: Audience, now: i64) -> Claims {
+        Claims {
+            iss: String::new(),
+            sub: "agent:a1".to_owned(),
+            aud: audience.as_str().to_owned(),
+            exp: now + 300,
+            iat: now,
+            jti: "t1".to_owned(),
+            client_id: "a1".to_owned(),
+            scope: scope::AGENT_LISTEN.to_owned(),
+            pool_id: Some("p1".to_owned()),
+            agent_id: Some("a1".to_owned()),
+            job_id: None,
+            project: None,
+            pipeline: None,
+        }
+    }
+
+    fn signer() -> TokenSigner {
+        let key = generate_signing_key().expect("key");
+        TokenSigner::from_pkcs8(&key, "ferry-test").expect("signer")
+    }
+
+    #[test]
+    fn a_signed_token_verifies_with_its_claims() {
+        let signer = signer();
+        let now = 1_800_000_000;
+        let token = signer.sign(&claims(Audience::Listener, now)).expect("sign");
+        let verified = signer
+            .verifier()
+            .verify(&token, Audience::Listener, now + 10)
+            .expect("verify");
+        assert_eq!(verified.iss, "ferry-test");
+        assert_eq!(verified.agent_id.as_deref(), Some("a1"));
+        assert_eq!(verified.scopes().collect::<Vec<_>>(), ["agent:listen"]);
+    }
+
+    #[test]
+    fn wrong_audience_expiry_key_and_tampering_are_refused() {
+        let signer = signer();
+        let verifier = signer.verifier();
+        let now = 1_800_000_000;
+        let token = signer.sign(&claims(Audience::Listener, now)).expect("sign");
+        assert_eq!(
+            verifier.verify(&token, Audience::Job, now),
+            Err(TokenError::WrongAudience("ferry:listener".to_owned()))
+        );
+        assert_eq!(
+            verifier.verify(&token, Audience::Listener, now + 300 + LEEWAY_SECONDS + 1),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verifier.verify(&token, Audience::Listener, now - LEEWAY_SECONDS - 1),
+            Err(TokenError::NotYetValid)
+        );
+        let other = self::signer().verifier();
+        assert_eq!(
+            other.verify(&token, Audience::Listener, now),
+            Err(TokenError::BadSignature)
+        );
+        // Change one character of the payload: the signature no longer fits.
+        let mut tampered = token.clone().into_bytes();
+        let dot = token.find('.').expect("dot") + 5;
+        tampered[dot] = if tampered[dot] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("utf8");
+        assert!(verifier.verify(&tampered, Audience::Listener, now).is_err());
+        for garbage in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!!.???.***",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
+            assert!(
+                verifier.verify(garbage, Audience::Listener, now).is_err(),
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_token_is_a_standard_jwt() {
+        let signer = signer();
+        let token = signer.sign(&claims(Audience::Job, 5)).expect("sign");
+        let header = token.split('.').next().expect("header");
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("b64")).expect("json");
+        assert_eq!(header["alg"], "EdDSA");
+        assert_eq!(header["typ"], "at+jwt");
+    }
+}

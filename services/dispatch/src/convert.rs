@@ -1,0 +1,89 @@
+//! Store values to their wire form.
+
+use ferry_proto::time::timestamp_from_micros;
+use ferry_proto::v1::{Job, JobState, StepState, StepStatus};
+use ferry_service::Result;
+use ferry_store::Store;
+
+/// The wire form of a job state.
+pub fn job_state(state: ferry_store::JobState) -> JobState {
+    match state {
+        ferry_store::JobState::Queued => JobState::Queued,
+        ferry_store::JobState::Assigned => JobState::Assigned,
+        ferry_store::JobState::Running => JobState::Running,
+        ferry_store::JobState::Succeeded => JobState::Succeeded,
+        ferry_store::JobState::Failed => JobState::Failed,
+        ferry_store::JobState::Canceled => JobState::Canceled,
+    }
+}
+
+/// The store form of a (specified) wire job state.
+pub fn store_job_state(state: JobState) -> ferry_store::JobState {
+    match state {
+        JobState::Queued | JobState::Unspecified => ferry_store::JobState::Queued,
+        JobState::Assigned => ferry_store::JobState::Assigned,
+        JobState::Running => ferry_store::JobState::Running,
+        JobState::Succeeded => ferry_store::JobState::Succeeded,
+        JobState::Failed => ferry_store::JobState::Failed,
+        JobState::Canceled => ferry_store::JobState::Canceled,
+    }
+}
+
+fn step_state(state: ferry_store::StepState) -> StepState {
+    match state {
+        ferry_store::StepState::Pending => StepState::Pending,
+        ferry_store::StepState::Running => StepState::Running,
+        ferry_store::StepState::Succeeded => StepState::Succeeded,
+        ferry_store::StepState::Failed => StepState::Failed,
+        ferry_store::StepState::Skipped => StepState::Skipped,
+        ferry_store::StepState::Canceled => StepState::Canceled,
+    }
+}
+
+/// The wire form of a job; looks up its agent's name.
+pub async fn job(store: &Store, job: ferry_store::Job, pool: &str) -> Result<Job> {
+    let agent_name = match &job.agent_id {
+        Some(agent_id) => store
+            .agent(agent_id)
+            .await?
+            .map(|agent| agent.name)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let message = if job.message.is_empty() && job.state == ferry_store::JobState::Queued {
+        "waiting for an agent whose capabilities meet the job's demands".to_owned()
+    } else {
+        job.message
+    };
+    Ok(Job {
+        id: job.id,
+        name: job.name,
+        project: job.project,
+        pipeline: job.pipeline,
+        pool: pool.to_owned(),
+        state: job_state(job.state).into(),
+        demands: job.demands.into_iter().collect(),
+        agent_id: job.agent_id.unwrap_or_default(),
+        agent_name,
+        attempt: job.attempt,
+        steps: job
+            .steps
+            .into_iter()
+            .map(|step| StepStatus {
+                index: step.index,
+                name: step.name,
+                state: step_state(step.state).into(),
+                exit_code: step.exit_code,
+                start_time: step.started_at.map(timestamp_from_micros),
+                finish_time: step.finished_at.map(timestamp_from_micros),
+            })
+            .collect(),
+        message,
+        queue_time: Some(timestamp_from_micros(job.queued_at)),
+        assign_time: job.assigned_at.map(timestamp_from_micros),
+        start_time: job.started_at.map(timestamp_from_micros),
+        finish_time: job.finished_at.map(timestamp_from_micros),
+        secret_names: job.secret_names,
+        log_line_count: job.log_sequence,
+    })
+}

@@ -1,0 +1,564 @@
+//! JobService: queueing, long-poll dispatch, and job status.
+//!
+//! [`Dispatcher`] is the domain. A queued job is written to the store, then
+//! offered in memory ([`queue::HandOff`]) to the longest-waiting long poll
+//! whose agent meets its demands; the store's conditional claim makes the
+//! hand-off race-free. The job reaches the agent sealed to its key
+//! (envelope v1) with a job token scoped to the job and its pipeline.
+//! [`grpc`] is the thin tonic adapter.
+
+pub mod grpc;
+pub mod queue;
+pub mod spec;
+
+mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_auth::token::{Audience, Claims, TokenSigner, scope};
+use ferry_auth::{AdministratorIdentity, AgentIdentity, JobIdentity};
+use ferry_envelope::{PublicKey, SealerCache, job_context};
+use ferry_proto::time::{duration_to_proto, now_micros, timestamp_from_micros};
+use ferry_proto::v1::{
+    AgentJob, CompleteJobRequest, CompleteJobResponse, Job, JobResult, JobSpec, JobState,
+    ListJobsRequest, ListJobsResponse, PollJobResponse, ReportStepRequest, StepState,
+};
+use ferry_service::{Error, JobEvent, JobEvents, Result, sealed, validate};
+use ferry_store::Store;
+use prost::Message;
+
+use crate::queue::{Found, HandOff, Offer, QueuedJob};
+
+/// Dispatch settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Wait of a poll that asks for none.
+    pub default_wait: Duration,
+    /// Longest wait a poll may ask for.
+    pub max_wait: Duration,
+    /// How long a job token outlives the job's timeout.
+    pub job_token_grace: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            default_wait: Duration::from_secs(50),
+            max_wait: Duration::from_secs(120),
+            job_token_grace: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// The agent as dispatch needs it.
+struct PollingAgent {
+    id: String,
+    pool_id: String,
+    public_key: PublicKey,
+    capabilities: Arc<BTreeMap<String, String>>,
+}
+
+/// The job service's domain.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    signer: Arc<TokenSigner>,
+    sealers: Arc<SealerCache>,
+    events: JobEvents,
+    hand_off: HandOff,
+    config: DispatchConfig,
+    /// When each agent's status was last written, to write it only on change
+    /// or once a minute, not on every poll.
+    agent_status: Mutex<HashMap<String, (ferry_store::AgentStatus, Instant)>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Dispatcher")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+impl Dispatcher {
+    /// A dispatcher over `store`; loads the jobs already queued there.
+    pub async fn start(
+        store: Store,
+        signer: Arc<TokenSigner>,
+        sealers: Arc<SealerCache>,
+        events: JobEvents,
+        config: DispatchConfig,
+    ) -> Result<Self> {
+        let (returns_sender, mut returns) = tokio::sync::mpsc::unbounded_channel();
+        let dispatcher = Self {
+            inner: Arc::new(Inner {
+                store,
+                signer,
+                sealers,
+                events,
+                hand_off: HandOff::new(returns_sender),
+                config,
+                agent_status: Mutex::new(HashMap::new()),
+            }),
+        };
+        let mut loaded = 0;
+        for pool in dispatcher.inner.store.list_pools().await? {
+            for job in dispatcher
+                .inner
+                .store
+                .queued_jobs(&pool.id, u64::MAX >> 1)
+                .await?
+            {
+                dispatcher.inner.hand_off.offer(
+                    &pool.id,
+                    QueuedJob {
+                        id: job.id,
+                        demands: Arc::new(job.demands),
+                    },
+                );
+                loaded += 1;
+            }
+        }
+        if loaded > 0 {
+            tracing::info!(jobs = loaded, "queued jobs loaded");
+        }
+        let returner = dispatcher.clone();
+        tokio::spawn(async move {
+            while let Some(returned) = returns.recv().await {
+                returner.give_back(returned).await;
+            }
+        });
+        Ok(dispatcher)
+    }
+
+    /// Releases a job handed to a poll that vanished, and offers it again.
+    async fn give_back(&self, returned: queue::Returned) {
+        let job_id = returned.job.id.clone();
+        let result = async {
+            self.store()
+                .release_job(&returned.job.id, &returned.agent_id)
+                .await?;
+            self.offer(&returned.pool_id, returned.job).await
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::debug!(job_id, "job handed to a vanished poll was requeued"),
+            Err(error) => tracing::error!(job_id, error = %error, "could not requeue a job"),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    async fn set_agent_status(
+        &self,
+        agent_id: &str,
+        status: ferry_store::AgentStatus,
+        job_id: Option<&str>,
+    ) {
+        let due = {
+            let mut seen = self
+                .inner
+                .agent_status
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let due = seen
+                .get(agent_id)
+                .is_none_or(|(last, at)| *last != status || at.elapsed() > STATUS_REFRESH);
+            if due {
+                seen.insert(agent_id.to_owned(), (status, Instant::now()));
+            }
+            due
+        };
+        if due
+            && let Err(error) = self
+                .store()
+                .set_agent_status(agent_id, status, job_id, now_micros())
+                .await
+        {
+            tracing::warn!(agent_id, error = %error, "could not record agent status");
+        }
+    }
+
+    /// Queues a job in a pool the caller administers and offers it at once.
+    pub async fn queue_job(
+        &self,
+        caller: &AdministratorIdentity,
+        mut spec: JobSpec,
+    ) -> Result<Job> {
+        let timeout = spec::normalize(&mut spec)?;
+        let pool = self
+            .store()
+            .pool_by_name(&spec.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("pool {:?} not found", spec.pool)))?;
+        if !caller.administers(&pool.id) {
+            return Err(Error::PermissionDenied(format!(
+                "{} is not an administrator of pool {:?}",
+                caller.name, pool.name
+            )));
+        }
+        let demands = validate::ordered(spec.demands.clone());
+        let mut secret_names: Vec<String> = spec.secrets.keys().cloned().collect();
+        secret_names.sort();
+        let job = self
+            .store()
+            .insert_job(ferry_store::NewJob {
+                id: uuid::Uuid::now_v7().to_string(),
+                pool_id: pool.id.clone(),
+                name: spec.name.clone(),
+                project: spec.project.clone(),
+                pipeline: spec.pipeline.clone(),
+                demands: demands.clone(),
+                secret_names,
+                step_names: spec.steps.iter().map(|step| step.name.clone()).collect(),
+                spec: spec.encode_to_vec(),
+                timeout_seconds: timeout.as_secs() as i64,
+                queued_at: now_micros(),
+            })
+            .await?;
+        tracing::info!(job_id = %job.id, pool = %pool.name, name = %job.name, by = %caller.name, "job queued");
+        self.offer(
+            &pool.id,
+            QueuedJob {
+                id: job.id.clone(),
+                demands: Arc::new(demands),
+            },
+        )
+        .await?;
+        let job = self.store().job(&job.id).await?.unwrap_or(job);
+        convert::job(self.store(), job, &pool.name).await
+    }
+
+    /// Offers a job to the pool's waiting polls until one takes it or it
+    /// waits in the queue.
+    async fn offer(&self, pool_id: &str, job: QueuedJob) -> Result<()> {
+        loop {
+            let Offer::Taken(taken) = self.inner.hand_off.offer(pool_id, job.clone()) else {
+                return Ok(());
+            };
+            let agent_id = taken.agent_id.clone();
+            if !self
+                .store()
+                .claim_job(&job.id, &agent_id, now_micros())
+                .await?
+            {
+                return Ok(()); // another replica's agent has it
+            }
+            match taken.send(job.clone()) {
+                Ok(()) => return Ok(()),
+                Err(_) => {
+                    // The poll ended between the pick and the claim.
+                    self.store().release_job(&job.id, &agent_id).await?;
+                }
+            }
+        }
+    }
+
+    /// The long poll: a job sealed to the agent, or nothing after `wait`.
+    pub async fn poll_job(
+        &self,
+        caller: &AgentIdentity,
+        wait: Option<Duration>,
+    ) -> Result<PollJobResponse> {
+        let wait = wait
+            .unwrap_or(self.inner.config.default_wait)
+            .min(self.inner.config.max_wait);
+        let agent = self.polling_agent(caller).await?;
+        self.set_agent_status(&agent.id, ferry_store::AgentStatus::Online, None)
+            .await;
+        let deadline = tokio::time::Instant::now() + wait;
+        let job = loop {
+            match self
+                .inner
+                .hand_off
+                .poll(&agent.pool_id, &agent.id, agent.capabilities.clone())
+            {
+                Found::Job(job) => {
+                    if self
+                        .store()
+                        .claim_job(&job.id, &agent.id, now_micros())
+                        .await?
+                    {
+                        break job;
+                    }
+                    // Claimed by another replica's agent: look again.
+                }
+                Found::Waiting(mut registration) => {
+                    match tokio::time::timeout_at(deadline, &mut registration.receiver).await {
+                        Ok(Ok(job)) => break job,
+                        // Picked, but the claim went elsewhere: look again.
+                        Ok(Err(_)) => continue,
+                        // A job may have been handed over just as the wait ended.
+                        Err(_elapsed) => match registration.withdraw() {
+                            Some(job) => break job,
+                            None => return Ok(PollJobResponse::default()),
+                        },
+                    }
+                }
+            }
+        };
+        match self.seal_job(&agent, &job.id).await {
+            Ok(response) => Ok(response),
+            Err(error) => {
+                // Nothing reached the agent: give the job back.
+                self.store().release_job(&job.id, &agent.id).await?;
+                self.inner.hand_off.requeue_front(&agent.pool_id, job);
+                Err(error)
+            }
+        }
+    }
+
+    /// Builds the job for the agent: spec, secrets and a fresh job token,
+    /// sealed to the agent's key in the job's context.
+    async fn seal_job(&self, agent: &PollingAgent, job_id: &str) -> Result<PollJobResponse> {
+        let job = self
+            .store()
+            .job(job_id)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("claimed job {job_id} vanished")))?;
+        let spec = JobSpec::decode(self.store().job_spec(job_id).await?.as_slice())
+            .map_err(|_| Error::Internal(format!("stored spec of job {job_id} does not decode")))?;
+        let now = now_micros() / 1_000_000;
+        let timeout = Duration::from_secs(job.timeout_seconds.max(0) as u64);
+        let expires = now + (timeout + self.inner.config.job_token_grace).as_secs() as i64;
+        let claims = Claims {
+            iss: String::new(),
+            sub: format!("job:{job_id}"),
+            aud: Audience::Job.as_str().to_owned(),
+            exp: expires,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: agent.id.clone(),
+            scope: [scope::JOB_LOGS, scope::JOB_STATUS, scope::JOB_RESOURCES].join(" "),
+            pool_id: Some(agent.pool_id.clone()),
+            agent_id: Some(agent.id.clone()),
+            job_id: Some(job_id.to_owned()),
+            project: Some(job.project.clone()),
+            pipeline: Some(job.pipeline.clone()),
+        };
+        let job_token = self
+            .inner
+            .signer
+            .sign(&claims)
+            .map_err(|error| Error::Internal(error.to_string()))?;
+        let payload = AgentJob {
+            job_id: job_id.to_owned(),
+            name: spec.name,
+            project: job.project,
+            pipeline: job.pipeline,
+            attempt: job.attempt,
+            steps: spec.steps,
+            variables: spec.variables,
+            secrets: spec.secrets,
+            job_token,
+            job_token_expire_time: Some(timestamp_from_micros(expires * 1_000_000)),
+            timeout: Some(duration_to_proto(timeout)),
+        };
+        let envelope = self.inner.sealers.seal(
+            &agent.public_key,
+            &job_context(job_id, &agent.id),
+            &payload.encode_to_vec(),
+        )?;
+        tracing::info!(job_id, agent_id = %agent.id, "job dispatched");
+        self.set_agent_status(&agent.id, ferry_store::AgentStatus::Busy, Some(job_id))
+            .await;
+        Ok(PollJobResponse {
+            job_id: job_id.to_owned(),
+            sealed_job: Some(sealed::to_proto(envelope)),
+        })
+    }
+
+    async fn polling_agent(&self, caller: &AgentIdentity) -> Result<PollingAgent> {
+        let agent = self
+            .store()
+            .agent(&caller.agent_id)
+            .await?
+            .ok_or_else(|| Error::Unauthenticated("this agent was removed".to_owned()))?;
+        if agent.pool_id != caller.pool_id {
+            return Err(Error::Unauthenticated(
+                "this agent moved to another pool".to_owned(),
+            ));
+        }
+        Ok(PollingAgent {
+            public_key: PublicKey::from_slice(&agent.public_key)?,
+            capabilities: Arc::new(agent.capabilities),
+            pool_id: agent.pool_id,
+            id: agent.id,
+        })
+    }
+}
+
+fn step_state(state: StepState) -> Result<ferry_store::StepState> {
+    Ok(match state {
+        StepState::Running => ferry_store::StepState::Running,
+        StepState::Succeeded => ferry_store::StepState::Succeeded,
+        StepState::Failed => ferry_store::StepState::Failed,
+        StepState::Skipped => ferry_store::StepState::Skipped,
+        StepState::Canceled => ferry_store::StepState::Canceled,
+        StepState::Pending | StepState::Unspecified => {
+            return Err(Error::InvalidArgument(
+                "state must be running, succeeded, failed, skipped or canceled".to_owned(),
+            ));
+        }
+    })
+}
+
+impl Dispatcher {
+    /// Records a step's progress reported by the agent running the job.
+    pub async fn report_step(
+        &self,
+        caller: &JobIdentity,
+        request: ReportStepRequest,
+    ) -> Result<()> {
+        caller
+            .require_job(&request.job_id)
+            .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
+        let state = step_state(StepState::try_from(request.state).unwrap_or_default())?;
+        if state != ferry_store::StepState::Running
+            && request.exit_code.is_none()
+            && state != ferry_store::StepState::Skipped
+            && state != ferry_store::StepState::Canceled
+        {
+            return Err(Error::InvalidArgument(
+                "a finished step needs its exit_code".to_owned(),
+            ));
+        }
+        self.store()
+            .update_step(
+                &request.job_id,
+                &caller.agent_id,
+                request.index,
+                state,
+                request.exit_code,
+                now_micros(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records the job's result; its token is dead from now on (every
+    /// service refuses a job token whose job has ended).
+    pub async fn complete_job(
+        &self,
+        caller: &JobIdentity,
+        request: CompleteJobRequest,
+    ) -> Result<CompleteJobResponse> {
+        caller
+            .require_job(&request.job_id)
+            .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
+        let state = match JobResult::try_from(request.result).unwrap_or_default() {
+            JobResult::Succeeded => ferry_store::JobState::Succeeded,
+            JobResult::Failed => ferry_store::JobState::Failed,
+            JobResult::Canceled => ferry_store::JobState::Canceled,
+            JobResult::Unspecified => {
+                return Err(Error::InvalidArgument(
+                    "result must be succeeded, failed or canceled".to_owned(),
+                ));
+            }
+        };
+        validate::max_len("message", &request.message, 4096)?;
+        let job = self
+            .store()
+            .complete_job(
+                &request.job_id,
+                &caller.agent_id,
+                state,
+                &request.message,
+                now_micros(),
+            )
+            .await?;
+        tracing::info!(job_id = %job.id, agent_id = %caller.agent_id, state = %job.state, "job completed");
+        self.inner.events.publish(JobEvent::Finished {
+            job_id: job.id.as_str().into(),
+        });
+        self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None)
+            .await;
+        Ok(CompleteJobResponse {
+            state: convert::job_state(job.state).into(),
+        })
+    }
+
+    /// One job, if the caller administers its pool.
+    pub async fn get_job(&self, caller: &AdministratorIdentity, job_id: &str) -> Result<Job> {
+        validate::id("job_id", job_id)?;
+        let job = self
+            .store()
+            .job(job_id)
+            .await?
+            .filter(|job| caller.administers(&job.pool_id))
+            .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
+        let pool = self
+            .store()
+            .pool_by_id(&job.pool_id)
+            .await?
+            .map(|pool| pool.name)
+            .unwrap_or_default();
+        convert::job(self.store(), job, &pool).await
+    }
+
+    /// Jobs of the pools the caller administers, newest first.
+    pub async fn list_jobs(
+        &self,
+        caller: &AdministratorIdentity,
+        request: ListJobsRequest,
+    ) -> Result<ListJobsResponse> {
+        let pools: HashMap<String, String> = self
+            .store()
+            .list_pools()
+            .await?
+            .into_iter()
+            .filter(|pool| caller.administers(&pool.id))
+            .map(|pool| (pool.id, pool.name))
+            .collect();
+        let pool_ids = if request.pool.is_empty() {
+            pools.keys().cloned().collect()
+        } else {
+            let id = pools
+                .iter()
+                .find(|(_, name)| **name == request.pool)
+                .map(|(id, _)| id.clone())
+                .ok_or_else(|| Error::NotFound(format!("pool {:?} not found", request.pool)))?;
+            vec![id]
+        };
+        if !request.page_token.is_empty() {
+            validate::id("page_token", &request.page_token)?;
+        }
+        let state = match JobState::try_from(request.state).unwrap_or_default() {
+            JobState::Unspecified => None,
+            other => Some(convert::store_job_state(other)),
+        };
+        let limit = match request.page_size {
+            0 => 50,
+            size => u64::from(size.min(1000)),
+        };
+        let (jobs, next) = self
+            .store()
+            .list_jobs(ferry_store::JobFilter {
+                pool_ids: Some(pool_ids),
+                state,
+                limit,
+                after_id: (!request.page_token.is_empty()).then_some(request.page_token),
+            })
+            .await?;
+        let mut listed = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let pool = pools.get(&job.pool_id).cloned().unwrap_or_default();
+            listed.push(convert::job(self.store(), job, &pool).await?);
+        }
+        Ok(ListJobsResponse {
+            jobs: listed,
+            next_page_token: next.unwrap_or_default(),
+        })
+    }
+}

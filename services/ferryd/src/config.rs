@@ -1,0 +1,197 @@
+//! ferryd's typed configuration: a TOML file (every key optional, kebab
+//! case, unknown keys refused), then environment variables and flags on top.
+//! `Config::validate` says what is wrong in words.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Everything ferryd needs to run the embedded default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the public gRPC port (TLS).
+    pub listen: SocketAddr,
+    /// Where ferryd keeps its database, keys and certificate.
+    pub data_dir: PathBuf,
+    /// `sqlite:///path` or `postgres://…`; default: `DATA_DIR/ferry.db`.
+    pub database_url: Option<String>,
+    /// The public certificate and key; default: self-signed, made on first
+    /// start in `DATA_DIR/tls/`.
+    pub tls: TlsConfig,
+    /// Tokens and agents.
+    pub tokens: TokenConfig,
+    /// Long polls.
+    pub dispatch: DispatchSection,
+}
+
+/// The certificate the public port serves.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key.
+    pub private_key: Option<PathBuf>,
+}
+
+/// Token settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// The `iss` of every token.
+    pub issuer: String,
+    /// Life of a listener token.
+    #[serde(with = "humantime_serde")]
+    pub listener_token_ttl: Duration,
+}
+
+/// Dispatch settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct DispatchSection {
+    /// Longest wait a long poll may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            data_dir: PathBuf::from("ferry-data"),
+            database_url: None,
+            tls: TlsConfig::default(),
+            tokens: TokenConfig::default(),
+            dispatch: DispatchSection::default(),
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "ferry".to_owned(),
+            listener_token_ttl: ferry_tokens::DEFAULT_LISTENER_TOKEN_TTL,
+        }
+    }
+}
+
+impl Default for DispatchSection {
+    fn default() -> Self {
+        Self {
+            max_poll_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))?;
+        Ok(config)
+    }
+
+    /// Explains the first thing wrong, if any.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match (&self.tls.certificate, &self.tls.private_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("tls.certificate and tls.private-key go together: set both or neither")
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            bail!(
+                "database-url must start with sqlite: or postgres:// (got a URL of another kind)"
+            );
+        }
+        let ttl = self.tokens.listener_token_ttl;
+        if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(24 * 3600) {
+            bail!("tokens.listener-token-ttl must be between 1m and 24h");
+        }
+        if self.tokens.issuer.is_empty() {
+            bail!("tokens.issuer is empty");
+        }
+        if self.dispatch.max_poll_wait < Duration::from_secs(1)
+            || self.dispatch.max_poll_wait > Duration::from_secs(600)
+        {
+            bail!("dispatch.max-poll-wait must be between 1s and 10m");
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to the SQLite file in the data dir.
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        let path = std::path::absolute(self.data_dir.join("ferry.db"))
+            .context("cannot resolve the data directory")?;
+        Ok(format!("sqlite://{}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_and_defaults_fill_the_rest() {
+        let config: Config = toml::from_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            data-dir = "/var/lib/ferry"
+            [tokens]
+            listener-token-ttl = "5m"
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.tokens.listener_token_ttl, Duration::from_secs(300));
+        assert_eq!(config.tokens.issuer, "ferry");
+        config.validate().expect("valid");
+        assert_eq!(
+            config.database_url().expect("url"),
+            "sqlite:///var/lib/ferry/ferry.db"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        assert!(
+            toml::from_str::<Config>("lisen = \"x\"").is_err(),
+            "unknown keys are refused"
+        );
+        let mut config = Config::default();
+        config.tls.certificate = Some("cert.pem".into());
+        assert!(
+            config
+                .validate()
+                .expect_err("half tls")
+                .to_string()
+                .contains("go together")
+        );
+        let mut config = Config::default();
+        config.tokens.listener_token_ttl = Duration::from_secs(5);
+        assert!(
+            config
+                .validate()
+                .expect_err("short ttl")
+                .to_string()
+                .contains("listener-token-ttl")
+        );
+        let mut config = Config::default();
+        config.database_url = Some("mysql://x".into());
+        assert!(config.validate().is_err());
+    }
+}

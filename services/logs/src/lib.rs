@@ -1,0 +1,265 @@
+//! LogService: a job's log, stored exactly once and in order, and served
+//! live.
+//!
+//! The agent streams batches of sequenced lines ([`Logs::ingest`]); each
+//! batch is one store transaction that appends only the lines above the
+//! job's log sequence, so resent lines after a reconnect are dropped and a
+//! gap is refused. The answer is a cumulative ack. Followers
+//! ([`Logs::follow`]) read stored batches and wake on [`JobEvents`] for new
+//! lines and the job's end.
+
+pub mod grpc;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_auth::{AdministratorIdentity, JobIdentity};
+use ferry_proto::v1::{FollowLogsResponse, JobState, LogLine};
+use ferry_service::{Error, JobEvent, JobEvents, Result, validate};
+use ferry_store::Store;
+use prost::Message;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+/// Longest line text, in bytes (the agent splits longer output).
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+/// Most lines in one batch.
+pub const MAX_LINES_PER_BATCH: usize = 10_000;
+/// Stored batches read per follow step.
+const FOLLOW_BATCHES: u64 = 64;
+/// A follower re-reads the store at least this often, so a missed wake-up
+/// (another process wrote the lines) costs at most this much latency.
+const FOLLOW_BACKSTOP: Duration = Duration::from_secs(2);
+
+/// How lines are stored: one blob per batch.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredLines {
+    #[prost(message, repeated, tag = "1")]
+    lines: Vec<LogLine>,
+}
+
+/// The log service's domain.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    store: Store,
+    events: JobEvents,
+}
+
+/// The stream of a job's log, from ingest's point of view.
+#[derive(Debug)]
+pub struct Ingest {
+    logs: Logs,
+    job_id: Arc<str>,
+    acked: u64,
+}
+
+impl Logs {
+    /// A log service over `store`, raising and awaiting `events`.
+    pub fn new(store: Store, events: JobEvents) -> Self {
+        Self { store, events }
+    }
+
+    /// Opens ingest for the caller's job: refused unless the job token is
+    /// for `job_id` with the logs scope and the job is still running on the
+    /// token's agent.
+    pub async fn ingest(&self, caller: &JobIdentity, job_id: &str) -> Result<Ingest> {
+        validate::id("job_id", job_id)?;
+        caller
+            .require_job(job_id)
+            .and_then(|()| caller.require_scope(ferry_auth::token::scope::JOB_LOGS))
+            .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
+        let job = self
+            .store
+            .job(job_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
+        if job.state.is_terminal() || job.agent_id.as_deref() != Some(caller.agent_id.as_str()) {
+            return Err(Error::Unauthenticated(
+                "the job has ended or moved: its token is revoked".to_owned(),
+            ));
+        }
+        Ok(Ingest {
+            logs: self.clone(),
+            job_id: job_id.into(),
+            acked: job.log_sequence,
+        })
+    }
+}
+
+impl Ingest {
+    /// The job's stored sequence when the stream opened (the first ack).
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Stores the lines above the ack; returns the new cumulative ack.
+    pub async fn append(&mut self, mut lines: Vec<LogLine>) -> Result<u64> {
+        if lines.len() > MAX_LINES_PER_BATCH {
+            return Err(Error::TooLarge(format!(
+                "a batch has {} lines, the limit is {MAX_LINES_PER_BATCH}",
+                lines.len()
+            )));
+        }
+        for (offset, line) in lines.iter().enumerate() {
+            if line.text.len() > MAX_LINE_LEN {
+                return Err(Error::TooLarge(format!(
+                    "line {} is {} bytes, the limit is {MAX_LINE_LEN}",
+                    line.sequence,
+                    line.text.len()
+                )));
+            }
+            if offset > 0 && line.sequence != lines[offset - 1].sequence + 1 {
+                return Err(Error::InvalidArgument(
+                    "line sequences in a batch must be consecutive".to_owned(),
+                ));
+            }
+        }
+        lines.retain(|line| line.sequence > self.acked);
+        let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
+            return Ok(self.acked); // empty, or only lines already stored
+        };
+        let (first, last) = (first.sequence, last.sequence);
+        if first != self.acked + 1 {
+            return Err(Error::FailedPrecondition(format!(
+                "lines must continue from {}; got {first}",
+                self.acked + 1
+            )));
+        }
+        let blob = StoredLines { lines }.encode_to_vec();
+        self.acked = self
+            .logs
+            .store
+            .append_log_batch(&self.job_id, first, last, blob)
+            .await?;
+        self.logs.events.publish(JobEvent::LogsAppended {
+            job_id: self.job_id.clone(),
+            sequence: self.acked,
+        });
+        Ok(self.acked)
+    }
+}
+
+fn final_state(state: ferry_store::JobState) -> JobState {
+    match state {
+        ferry_store::JobState::Succeeded => JobState::Succeeded,
+        ferry_store::JobState::Failed => JobState::Failed,
+        ferry_store::JobState::Canceled => JobState::Canceled,
+        ferry_store::JobState::Queued => JobState::Queued,
+        ferry_store::JobState::Assigned => JobState::Assigned,
+        ferry_store::JobState::Running => JobState::Running,
+    }
+}
+
+impl Logs {
+    /// Streams the job's lines from `from` into `sender`; with `follow`,
+    /// keeps going until the job ends and every line was sent. Ends quietly
+    /// when the receiver goes away.
+    pub async fn follow(
+        &self,
+        caller: &AdministratorIdentity,
+        job_id: &str,
+        from: u64,
+        follow: bool,
+        sender: mpsc::Sender<std::result::Result<FollowLogsResponse, tonic::Status>>,
+    ) -> Result<()> {
+        validate::id("job_id", job_id)?;
+        let job = self
+            .store
+            .job(job_id)
+            .await?
+            .filter(|job| caller.administers(&job.pool_id))
+            .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
+        let mut events = self.events.subscribe();
+        let logs = self.clone();
+        let job_id = job.id;
+        tokio::spawn(async move {
+            if let Err(error) = logs
+                .follow_loop(&job_id, from.max(1), follow, &sender, &mut events)
+                .await
+            {
+                let _ = sender.send(Err(error.into())).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn follow_loop(
+        &self,
+        job_id: &str,
+        mut next: u64,
+        follow: bool,
+        sender: &mpsc::Sender<std::result::Result<FollowLogsResponse, tonic::Status>>,
+        events: &mut tokio::sync::broadcast::Receiver<JobEvent>,
+    ) -> Result<()> {
+        loop {
+            // Read the state before the lines: if it is final, no line can
+            // arrive after the read below, so the end is exact.
+            let state = self
+                .store
+                .job(job_id)
+                .await?
+                .map(|job| job.state)
+                .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
+            loop {
+                let batches = self.store.log_batches(job_id, next, FOLLOW_BATCHES).await?;
+                if batches.is_empty() {
+                    break;
+                }
+                let mut lines = Vec::new();
+                for batch in batches {
+                    let stored = StoredLines::decode(batch.lines.as_slice()).map_err(|_| {
+                        Error::Internal(format!("stored log batch of job {job_id} does not decode"))
+                    })?;
+                    lines.extend(
+                        stored
+                            .lines
+                            .into_iter()
+                            .filter(|line| line.sequence >= next),
+                    );
+                }
+                if let Some(last) = lines.last() {
+                    next = last.sequence + 1;
+                }
+                let response = FollowLogsResponse {
+                    lines,
+                    final_state: JobState::Unspecified.into(),
+                };
+                if sender.send(Ok(response)).await.is_err() {
+                    return Ok(()); // the follower left
+                }
+            }
+            if state.is_terminal() || !follow {
+                let final_state = if state.is_terminal() {
+                    final_state(state)
+                } else {
+                    JobState::Unspecified
+                };
+                let _ = sender
+                    .send(Ok(FollowLogsResponse {
+                        lines: Vec::new(),
+                        final_state: final_state.into(),
+                    }))
+                    .await;
+                return Ok(());
+            }
+            // Wait for news of this job (or the backstop), then look again.
+            let wait = async {
+                loop {
+                    match events.recv().await {
+                        Ok(event) if event.job_id() == job_id => return,
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => return,
+                        Err(RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = wait => {}
+                () = tokio::time::sleep(FOLLOW_BACKSTOP) => {}
+                () = sender.closed() => return Ok(()),
+            }
+        }
+    }
+}

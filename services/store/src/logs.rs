@@ -1,0 +1,133 @@
+//! Job logs: a gap-free sequence of lines `1..=n`, stored as batches of
+//! lines the caller has already encoded into one blob.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+
+use crate::entity::{job, log_batch};
+use crate::error::{Error, Result};
+use crate::store::{Store, to_i64, to_u64};
+use crate::types::{JobState, LogBatch};
+
+const DEFAULT_BATCHES: u64 = 100;
+const MAX_BATCHES: u64 = 1000;
+
+impl Store {
+    /// Appends lines `first..=last` (one opaque blob) and returns the job's
+    /// log sequence after the call.
+    ///
+    /// Stored iff `first == log_sequence + 1`, with `log_sequence = last` in
+    /// the same transaction (a conditional `UPDATE jobs ... WHERE
+    /// log_sequence = first - 1`, then the insert only if it matched). When
+    /// `last <= log_sequence` the batch is a duplicate: nothing is stored and
+    /// the current sequence is returned. `Conflict` when the batch leaves a
+    /// gap or partially overlaps stored lines (trimming is the caller's
+    /// job); `Invalid` when `first` is 0 or `last < first`; `NotFound` when
+    /// the job does not exist.
+    pub async fn append_log_batch(
+        &self,
+        job_id: &str,
+        first: u64,
+        last: u64,
+        lines: Vec<u8>,
+    ) -> Result<u64> {
+        if first == 0 || last < first {
+            return Err(Error::Invalid(format!(
+                "log batch range {first}..={last} is empty or starts at 0"
+            )));
+        }
+        let first_i = to_i64(first, "log sequence")?;
+        let last_i = to_i64(last, "log sequence")?;
+        let txn = self.begin_write().await?;
+        let advanced = job::Entity::update_many()
+            .col_expr(job::Column::LogSequence, Expr::value(last_i))
+            .filter(job::Column::Id.eq(job_id))
+            .filter(job::Column::LogSequence.eq(first_i - 1))
+            // Lines are accepted only while the job runs, so a finished
+            // job's log is final and followers can end exactly.
+            .filter(
+                job::Column::State.is_in([JobState::Assigned.as_str(), JobState::Running.as_str()]),
+            )
+            .exec(&txn)
+            .await?;
+        if advanced.rows_affected == 1 {
+            log_batch::Entity::insert(log_batch::ActiveModel {
+                id: NotSet,
+                job_id: Set(job_id.to_owned()),
+                first_sequence: Set(first_i),
+                last_sequence: Set(last_i),
+                lines: Set(lines),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+            txn.commit().await?;
+            return Ok(last);
+        }
+        txn.rollback().await?;
+
+        let current = self.log_sequence(job_id).await?;
+        let running = self
+            .job(job_id)
+            .await?
+            .is_some_and(|job| job.state.is_active());
+        if !running && last > current {
+            Err(Error::Conflict(
+                "the job is not running: it takes no log lines".to_owned(),
+            ))
+        } else if last <= current {
+            Ok(current)
+        } else if first > current + 1 {
+            Err(Error::Conflict(format!(
+                "log batch starts at line {first} but the next line is {}",
+                current + 1
+            )))
+        } else {
+            Err(Error::Conflict(format!(
+                "log batch {first}..={last} overlaps stored lines up to {current}"
+            )))
+        }
+    }
+
+    /// The last log line stored for a job (0 when none). `NotFound` when the
+    /// job does not exist.
+    pub async fn log_sequence(&self, job_id: &str) -> Result<u64> {
+        let sequence: i64 = job::Entity::find_by_id(job_id.to_owned())
+            .select_only()
+            .column(job::Column::LogSequence)
+            .into_tuple()
+            .one(self.db())
+            .await?
+            .ok_or_else(|| Error::NotFound("job".to_owned()))?;
+        to_u64(sequence, "log sequence")
+    }
+
+    /// The batches holding lines `from` and later (those whose last line is
+    /// `>= from`), in order, at most `limit` of them (0 means 100, at most
+    /// 1000). Empty for a job without logs, or no such job.
+    pub async fn log_batches(&self, job_id: &str, from: u64, limit: u64) -> Result<Vec<LogBatch>> {
+        let limit = match limit {
+            0 => DEFAULT_BATCHES,
+            n => n.min(MAX_BATCHES),
+        };
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        log_batch::Entity::find()
+            .filter(log_batch::Column::JobId.eq(job_id))
+            .filter(log_batch::Column::LastSequence.gte(from))
+            .order_by_asc(log_batch::Column::FirstSequence)
+            .limit(limit)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(|batch| {
+                Ok(LogBatch {
+                    first: to_u64(batch.first_sequence, "log sequence")?,
+                    last: to_u64(batch.last_sequence, "log sequence")?,
+                    lines: batch.lines,
+                })
+            })
+            .collect()
+    }
+}

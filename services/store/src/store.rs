@@ -1,0 +1,169 @@
+//! The `Store` handle: connecting, migrating, and helpers shared by the
+//! query modules.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crypto::SpecCipher;
+use crate::error::{Error, Result};
+use crate::migration::Migrator;
+
+/// How long a SQLite writer waits for the write lock before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite in WAL mode allows one writer and many readers; the pool holds a
+/// few connections so reads do not queue behind writes.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+
+/// A handle on the database. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    backend: DbBackend,
+    cipher: SpecCipher,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects and applies pending migrations.
+    ///
+    /// `url` is `sqlite:///abs/path/ferry.db` (created if missing; WAL,
+    /// `synchronous=NORMAL`, foreign keys on, 5 s busy timeout) or
+    /// `postgres://...` / `postgresql://...`. `data_key` encrypts job specs
+    /// at rest (XChaCha20-Poly1305, random 24-byte nonce stored with the
+    /// ciphertext, the job id as associated data).
+    pub async fn connect(url: &str, data_key: [u8; 32]) -> Result<Store> {
+        let mut options = ConnectOptions::new(url);
+        options.sqlx_logging(false);
+        let backend = if url.starts_with("sqlite:") {
+            options
+                .max_connections(SQLITE_MAX_CONNECTIONS)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .foreign_keys(true)
+                        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                });
+            DbBackend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            options.max_connections(POSTGRES_MAX_CONNECTIONS);
+            DbBackend::Postgres
+        } else {
+            // never echo the url: it may hold a password
+            return Err(Error::Invalid(
+                "database url must start with sqlite: or postgres://".to_owned(),
+            ));
+        };
+        let db = Database::connect(options).await?;
+        Migrator::up(&db, None).await?;
+        tracing::debug!(
+            backend = backend_name(backend),
+            "store connected and migrated"
+        );
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                backend,
+                cipher: SpecCipher::new(data_key),
+            }),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        backend_name(self.inner.backend)
+    }
+
+    pub(crate) fn db(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    pub(crate) fn cipher(&self) -> &SpecCipher {
+        &self.inner.cipher
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock up front (`BEGIN IMMEDIATE`), so it waits on the busy timeout
+    /// instead of failing when it upgrades from reading to writing.
+    pub(crate) async fn begin_write(&self) -> Result<DatabaseTransaction> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        Ok(self.inner.db.begin_with_options(options).await?)
+    }
+}
+
+fn backend_name(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "postgres",
+        _ => "sqlite",
+    }
+}
+
+/// Microseconds since the Unix epoch, for rows whose methods take no `now`.
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A fresh random id.
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value).map_err(|_| Error::Invalid(format!("{what} cannot be encoded")))
+}
+
+pub(crate) fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|_| Error::Corrupt(format!("stored {what} is not valid")))
+}
+
+/// A stored enum value.
+pub(crate) fn parse_state<T: std::str::FromStr<Err = crate::ParseStateError>>(
+    text: &str,
+) -> Result<T> {
+    text.parse()
+        .map_err(|e: crate::ParseStateError| Error::Corrupt(e.to_string()))
+}
+
+/// A stored non-negative counter.
+pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| Error::Corrupt(format!("stored {what} is negative")))
+}
+
+/// A stored non-negative small number.
+pub(crate) fn to_u32(value: i32, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::Corrupt(format!("stored {what} is negative")))
+}
+
+/// A caller's counter that must fit a signed 64-bit column.
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Invalid(format!("{what} is too large")))
+}

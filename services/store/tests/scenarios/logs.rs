@@ -1,0 +1,190 @@
+//! Job logs.
+
+use ferry_store::{Error, JobState, LogBatch};
+
+use crate::support::{TestDb, new_job};
+
+pub async fn logs(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("logs").await.expect("pool");
+    let job = store
+        .insert_job(new_job(&pool.id, "logged", &["s"]))
+        .await
+        .expect("job");
+    assert!(
+        matches!(
+            store
+                .append_log_batch(&job.id, 1, 1, b"early".to_vec())
+                .await,
+            Err(Error::Conflict(_)) | Ok(0)
+        ),
+        "a queued job takes no lines"
+    );
+    assert!(store.claim_job(&job.id, "agent-1", 1).await.expect("claim"));
+    assert_eq!(store.log_sequence(&job.id).await.expect("seq"), 0);
+    assert!(
+        store
+            .log_batches(&job.id, 0, 10)
+            .await
+            .expect("batches")
+            .is_empty()
+    );
+
+    assert_eq!(
+        store
+            .append_log_batch(&job.id, 1, 2, b"l1\nl2\n".to_vec())
+            .await
+            .expect("1..=2"),
+        2
+    );
+    assert_eq!(
+        store
+            .append_log_batch(&job.id, 3, 3, b"l3\n".to_vec())
+            .await
+            .expect("3..=3"),
+        3
+    );
+    assert_eq!(store.log_sequence(&job.id).await.expect("seq"), 3);
+
+    // a duplicate stores nothing and reports where the log is
+    assert_eq!(
+        store
+            .append_log_batch(&job.id, 1, 2, b"XX".to_vec())
+            .await
+            .expect("dup"),
+        3
+    );
+    assert_eq!(
+        store
+            .append_log_batch(&job.id, 3, 3, b"XX".to_vec())
+            .await
+            .expect("dup"),
+        3
+    );
+    assert_eq!(
+        store
+            .log_batches(&job.id, 0, 100)
+            .await
+            .expect("batches")
+            .len(),
+        2
+    );
+
+    let err = store.append_log_batch(&job.id, 5, 6, b"gap".to_vec()).await;
+    assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
+    let err = store
+        .append_log_batch(&job.id, 3, 4, b"overlap".to_vec())
+        .await;
+    assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
+    let err = store
+        .append_log_batch(&job.id, 0, 1, b"zero".to_vec())
+        .await;
+    assert!(matches!(err, Err(Error::Invalid(_))), "{err:?}");
+    let err = store
+        .append_log_batch(&job.id, 5, 4, b"backwards".to_vec())
+        .await;
+    assert!(matches!(err, Err(Error::Invalid(_))), "{err:?}");
+    let err = store.append_log_batch("nope", 1, 1, b"x".to_vec()).await;
+    assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
+    let err = store.log_sequence("nope").await;
+    assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
+    assert_eq!(
+        store.log_sequence(&job.id).await.expect("seq"),
+        3,
+        "failures change nothing"
+    );
+
+    assert_eq!(
+        store
+            .append_log_batch(&job.id, 4, 10, b"l4..l10\n".to_vec())
+            .await
+            .expect("4..=10"),
+        10
+    );
+
+    let batch = |first, last, lines: &[u8]| LogBatch {
+        first,
+        last,
+        lines: lines.to_vec(),
+    };
+    // from a line in the middle of the first batch: that batch and the rest
+    assert_eq!(
+        store.log_batches(&job.id, 2, 100).await.expect("from 2"),
+        vec![
+            batch(1, 2, b"l1\nl2\n"),
+            batch(3, 3, b"l3\n"),
+            batch(4, 10, b"l4..l10\n")
+        ]
+    );
+    assert_eq!(
+        store.log_batches(&job.id, 3, 100).await.expect("from 3"),
+        vec![batch(3, 3, b"l3\n"), batch(4, 10, b"l4..l10\n")]
+    );
+    assert_eq!(
+        store.log_batches(&job.id, 7, 100).await.expect("from 7"),
+        vec![batch(4, 10, b"l4..l10\n")]
+    );
+    assert_eq!(
+        store.log_batches(&job.id, 3, 1).await.expect("limit"),
+        vec![batch(3, 3, b"l3\n")]
+    );
+    assert!(
+        store
+            .log_batches(&job.id, 11, 100)
+            .await
+            .expect("past the end")
+            .is_empty()
+    );
+    assert!(
+        store
+            .log_batches("nope", 0, 100)
+            .await
+            .expect("no job")
+            .is_empty()
+    );
+
+    store
+        .complete_job(&job.id, "agent-1", JobState::Succeeded, "", 2)
+        .await
+        .expect("complete");
+    let err = store
+        .append_log_batch(&job.id, 11, 11, b"late".to_vec())
+        .await;
+    assert!(
+        matches!(err, Err(Error::Conflict(_))),
+        "an ended job takes no lines: {err:?}"
+    );
+    assert_eq!(store.log_sequence(&job.id).await.expect("seq"), 10);
+}
+
+/// The same batch sent by several tasks at once is stored once.
+pub async fn concurrent_duplicate_log_appends(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("logs").await.expect("pool");
+    let job = store
+        .insert_job(new_job(&pool.id, "logged", &[]))
+        .await
+        .expect("job");
+    assert!(store.claim_job(&job.id, "agent-1", 1).await.expect("claim"));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, job_id) = (store.clone(), job.id.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_log_batch(&job_id, 1, 5, b"five lines".to_vec())
+                .await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task").expect("append"), 5);
+    }
+    assert_eq!(
+        store
+            .log_batches(&job.id, 0, 100)
+            .await
+            .expect("batches")
+            .len(),
+        1
+    );
+    assert_eq!(store.log_sequence(&job.id).await.expect("seq"), 5);
+}

@@ -1,0 +1,273 @@
+//! The end-to-end harness: starts the real `ferryd`, `ferry-agent` and
+//! `ferryctl` binaries as processes on loopback, with a fresh data
+//! directory each, and talks to them over TLS like any client.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the
+//! test executable (`target/<profile>/`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ferry_client::{Bearer, ServerAddress};
+use tonic::transport::Channel;
+
+/// Path of one of ferry's binaries, built by cargo next to the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// Retries `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    name: String,
+}
+
+impl Process {
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `ferryd all` process on a fresh data directory.
+#[derive(Debug)]
+pub struct Server {
+    /// `https://localhost:PORT`.
+    pub url: String,
+    /// The first administrator's PAT.
+    pub owner_token: String,
+    /// The self-signed certificate agents trust.
+    pub certificate_path: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    process: Process,
+}
+
+impl Server {
+    /// Starts `ferryd all` on 127.0.0.1 with a free port, in `dir`.
+    pub fn start(dir: &Path) -> anyhow::Result<Server> {
+        let data_dir = dir.join("server");
+        let mut child = Command::new(binary("ferryd"))
+            .args(["all", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .env("FERRY_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start ferryd")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let process = Process {
+            child,
+            name: "ferryd".to_owned(),
+        };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                println!("ferryd | {}", line.replace(|c: char| c == '\n', ""));
+                let _ = sender.send(line);
+            }
+        });
+        let mut port = None;
+        let mut token = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while port.is_none() || token.is_none() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = receiver
+                .recv_timeout(remaining)
+                .context("ferryd did not print its address and first PAT in time")?;
+            if let Some(rest) = line.split("serving on https://").nth(1) {
+                let address = rest.split_whitespace().next().unwrap_or_default();
+                port = address
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| port.parse::<u16>().ok());
+            }
+            if let Some(found) = line
+                .split_whitespace()
+                .find(|word| word.starts_with("ferry_pat_"))
+            {
+                token = Some(found.to_owned());
+            }
+        }
+        Ok(Server {
+            url: format!("https://localhost:{}", port.unwrap_or_default()),
+            owner_token: token.unwrap_or_default(),
+            certificate_path: data_dir.join("tls").join("server.crt"),
+            data_dir,
+            process,
+        })
+    }
+
+    /// The server's address with its certificate trusted.
+    pub fn address(&self) -> anyhow::Result<ServerAddress> {
+        Ok(ServerAddress::new(
+            self.url.clone(),
+            Some(std::fs::read_to_string(&self.certificate_path)?),
+        ))
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(self.address()?.connect().await?)
+    }
+
+    /// A bearer credential of the owner.
+    pub fn owner(&self) -> Bearer {
+        Bearer::new(&self.owner_token).expect("a PAT is a valid header")
+    }
+
+    /// Kills the server.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+}
+
+/// A `ferry-agent` configured in its own directory.
+#[derive(Debug)]
+pub struct Agent {
+    /// The agent's directory (settings, key).
+    pub dir: PathBuf,
+    /// The running `ferry-agent run`, if started.
+    pub process: Option<Process>,
+}
+
+impl Agent {
+    /// Runs `ferry-agent configure` with `token` (passed in the
+    /// environment, as the docs advise) and returns its output.
+    pub fn configure(
+        server: &Server,
+        dir: &Path,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Agent, Output)> {
+        let output = Command::new(binary("ferry-agent"))
+            .args([
+                "configure",
+                "--url",
+                &server.url,
+                "--pool",
+                "default",
+                "--name",
+                name,
+            ])
+            .arg("--ca-cert")
+            .arg(&server.certificate_path)
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .env("FERRY_TOKEN", token)
+            .output()
+            .context("cannot run ferry-agent configure")?;
+        Ok((
+            Agent {
+                dir: dir.to_path_buf(),
+                process: None,
+            },
+            output,
+        ))
+    }
+
+    /// Starts `ferry-agent run` with extra arguments.
+    pub fn run(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let child = Command::new(binary("ferry-agent"))
+            .arg("run")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(extra)
+            .env_remove("FERRY_TOKEN")
+            .env("FERRY_LOG", "info")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start ferry-agent run")?;
+        self.process = Some(Process {
+            child,
+            name: "ferry-agent".to_owned(),
+        });
+        Ok(())
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if metadata.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.filter_map(|entry| entry.ok().map(|entry| entry.path())));
+            }
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|window| window == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
