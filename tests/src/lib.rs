@@ -125,7 +125,7 @@ impl Server {
                 .lines()
                 .map_while(Result::ok)
             {
-                println!("ferryd | {}", line.replace(|c: char| c == '\n', ""));
+                println!("ferryd | {line}");
                 let _ = sender.send(line);
             }
         });

@@ -190,8 +190,10 @@ mod tests {
                 .to_string()
                 .contains("listener-token-ttl")
         );
-        let mut config = Config::default();
-        config.database_url = Some("mysql://x".into());
+        let config = Config {
+            database_url: Some("mysql://x".into()),
+            ..Config::default()
+        };
         assert!(config.validate().is_err());
     }
 }
