@@ -80,6 +80,17 @@ impl Registry {
         Ok(pool)
     }
 
+    /// Pool names by id.
+    async fn pool_names(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .store
+            .list_pools()
+            .await?
+            .into_iter()
+            .map(|pool| (pool.id, pool.name))
+            .collect())
+    }
+
     /// Registers an agent in a pool the caller administers.
     pub async fn register(
         &self,
@@ -164,13 +175,7 @@ impl Registry {
         } else {
             Some(self.pool_administered(caller, &request.pool).await?.id)
         };
-        let pools: BTreeMap<String, String> = self
-            .store
-            .list_pools()
-            .await?
-            .into_iter()
-            .map(|pool| (pool.id, pool.name))
-            .collect();
+        let pools = self.pool_names().await?;
         let now = now_micros();
         let mut agents: Vec<Agent> = self
             .store
@@ -229,23 +234,19 @@ impl Registry {
             .await?;
         tracing::info!(administrator = %administrator.name, owner = administrator.owner, by = %caller.name, "administrator created");
         Ok(CreateAdministratorResponse {
-            administrator: Some(self.administrator_to_proto(administrator).await?),
+            administrator: Some(Self::administrator_to_proto(
+                administrator,
+                &self.pool_names().await?,
+            )),
             token,
         })
     }
 
-    async fn administrator_to_proto(
-        &self,
+    fn administrator_to_proto(
         administrator: ferry_store::Administrator,
-    ) -> Result<Administrator> {
-        let pools: BTreeMap<String, String> = self
-            .store
-            .list_pools()
-            .await?
-            .into_iter()
-            .map(|pool| (pool.id, pool.name))
-            .collect();
-        Ok(Administrator {
+        pools: &BTreeMap<String, String>,
+    ) -> Administrator {
+        Administrator {
             id: administrator.id,
             name: administrator.name,
             owner: administrator.owner,
@@ -255,7 +256,7 @@ impl Registry {
                 .filter_map(|id| pools.get(id).cloned())
                 .collect(),
             create_time: Some(timestamp_from_micros(administrator.created_at)),
-        })
+        }
     }
 
     /// Every administrator.
@@ -264,10 +265,14 @@ impl Registry {
         caller: &AdministratorIdentity,
     ) -> Result<ListAdministratorsResponse> {
         require_owner(caller)?;
-        let mut administrators = Vec::new();
-        for administrator in self.store.list_administrators().await? {
-            administrators.push(self.administrator_to_proto(administrator).await?);
-        }
+        let pools = self.pool_names().await?;
+        let administrators = self
+            .store
+            .list_administrators()
+            .await?
+            .into_iter()
+            .map(|administrator| Self::administrator_to_proto(administrator, &pools))
+            .collect();
         Ok(ListAdministratorsResponse { administrators })
     }
 
