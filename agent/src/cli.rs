@@ -40,7 +40,20 @@ used for this one call and never stored."
     /// Listen for jobs and run them until interrupted (or after one job with --once).
     #[command(
         long_about = "Listen for jobs and run them until interrupted (or after one job with --once).\n\n\
-SIGINT or SIGTERM stops an idle agent at once; a running job is finished first."
+Each job runs in a fresh workspace under the work directory. While it runs, the agent renews the \
+job's lease every third of the lease (30 s unless the job says otherwise) and switches to the fresh \
+job token each renewal brings; if the server answers that the lease is lost, the job is stopped \
+at once and not completed. Log lines are written to DIR/spool/<job id>.log (masked, mode 0600) \
+until the server acknowledges them, so a server outage never holds up the steps.\n\n\
+Stopping a step (cancellation from the server, the job's timeout, a lost lease, a second signal): \
+its whole process group gets SIGINT, then SIGTERM 5 s later, then SIGKILL 5 s after that; \
+processes left after the step's shell ends are killed at once.\n\n\
+Signals: the first SIGINT or SIGTERM stops polling and lets running jobs finish, then the agent \
+exits 0 (an idle agent exits at once); a second one cancels the running jobs (they complete as \
+CANCELED) and exits.\n\n\
+Proxies: HTTPS_PROXY (https servers) or HTTP_PROXY (http servers), e.g. \
+http://user:password@proxy:3128, tunnel the connection with CONNECT; NO_PROXY lists hosts (and \
+their subdomains, or * for all) to reach directly."
     )]
     Run(RunArgs),
 }
@@ -102,10 +115,21 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub dir: DirArgs,
-    /// Exit after one job (exit code 0 whether it succeeded or failed), for
-    /// ephemeral agents.
+    /// Ephemeral agent: run one job, then deregister from the server, delete
+    /// agent.key, agent.toml and ca.pem, and exit 0 whether the job succeeded
+    /// or failed.
     #[arg(long)]
     pub once: bool,
+    /// How many jobs to run at once, each with its own poll, lease,
+    /// workspace and log stream (1 to 64).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        env = "FERRY_AGENT_MAX_JOBS",
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub max_jobs: u32,
 }
 
 /// A personal access token: `Debug` and `Display` never print it.
@@ -196,6 +220,39 @@ mod tests {
         assert_eq!(args.dir.dir, PathBuf::from("/tmp/a"));
         let debug = format!("{args:?}");
         assert!(!debug.contains("pat-secret-1"), "{debug}");
+    }
+
+    #[test]
+    fn run_takes_max_jobs_within_bounds() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["ferry-agent", "run"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Run(args) => (args.once, args.max_jobs),
+                Command::Configure(_) => panic!("not run"),
+            })
+        };
+        assert_eq!(parse(&[]).expect("defaults"), (false, 1));
+        assert_eq!(parse(&["--max-jobs", "4"]).expect("four"), (false, 4));
+        assert_eq!(parse(&["--once"]).expect("once"), (true, 1));
+        assert!(parse(&["--max-jobs", "0"]).is_err());
+        assert!(parse(&["--max-jobs", "65"]).is_err());
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "SIGINT",
+            "SIGTERM 5 s later",
+            "SIGKILL 5 s after",
+            "HTTPS_PROXY",
+            "NO_PROXY",
+            "--max-jobs",
+            "lease",
+        ] {
+            assert!(help.contains(needle), "run --help lacks {needle:?}");
+        }
     }
 
     #[test]

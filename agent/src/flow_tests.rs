@@ -9,7 +9,7 @@ use ferry_proto::v1::{AgentJob, JobResult, LogStream, StepSpec, StepState};
 use crate::testserver::{self, JOB_TOKEN, LISTENER_TOKEN, PAT};
 use crate::{Cli, run};
 
-fn configure_cli(url: &str, pool: &str, token: &str, dir: &Path, extra: &[&str]) -> Cli {
+pub(crate) fn configure_cli(url: &str, pool: &str, token: &str, dir: &Path, extra: &[&str]) -> Cli {
     let dir = dir.display().to_string();
     let mut args = vec![
         "ferry-agent",
@@ -31,7 +31,7 @@ fn configure_cli(url: &str, pool: &str, token: &str, dir: &Path, extra: &[&str])
     Cli::try_parse_from(args).expect("configure arguments")
 }
 
-fn step(name: &str, script: &str) -> StepSpec {
+pub(crate) fn step(name: &str, script: &str) -> StepSpec {
     StepSpec {
         name: name.into(),
         script: script.into(),
@@ -39,7 +39,7 @@ fn step(name: &str, script: &str) -> StepSpec {
     }
 }
 
-fn files_contain(dir: &Path, needle: &str) -> bool {
+pub(crate) fn files_contain(dir: &Path, needle: &str) -> bool {
     std::fs::read_dir(dir)
         .expect("read dir")
         .flatten()
@@ -246,7 +246,7 @@ async fn run_once_runs_a_job_reports_it_and_streams_masked_logs() {
     for (method, header) in &state.authorizations {
         let expected = match *method {
             "Register" => PAT,
-            "PollJob" => LISTENER_TOKEN,
+            "PollJob" | "Deregister" => LISTENER_TOKEN,
             _ => JOB_TOKEN,
         };
         assert_eq!(header, &format!("Bearer {expected}"), "{method}");
@@ -265,9 +265,19 @@ async fn run_once_runs_a_job_reports_it_and_streams_masked_logs() {
     assert!(!work_dir.join("_temp").join(&job.job_id).exists());
     assert!(!files_contain(&dir, JOB_TOKEN));
     assert!(!files_contain(&dir, LISTENER_TOKEN));
+    assert!(!files_contain(&dir, "k3y-v4lue-s3cret"));
+
+    // --once: the agent deregistered and deleted its key and settings.
+    assert_eq!(state.deregistrations, 1);
+    assert!(!dir.join("agent.key").exists());
+    assert!(!dir.join("agent.toml").exists());
+    assert!(
+        std::fs::read_dir(dir.join("spool")).is_err(),
+        "the empty spool directory is removed too"
+    );
 }
 
-async fn configured_agent() -> (testserver::Fake, tempfile::TempDir, String) {
+pub(crate) async fn configured_agent() -> (testserver::Fake, tempfile::TempDir, String) {
     let (fake, url) = testserver::start().await;
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().join("agent");

@@ -1,25 +1,33 @@
-//! Running one job: its workspace, its steps in order, their reports, the
-//! log upload and the completion. The job token lives only in memory, for
-//! the duration of the job.
+//! Running one job: its lease, its workspace, its source, its steps in
+//! order, their reports, the test results and artifacts, the log upload and
+//! the completion. The job token lives only in memory, for the duration of
+//! the job, and is replaced by each lease renewal.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_client::{Authorized, Bearer};
+use ferry_envelope::Opener;
 use ferry_proto::time::duration_from_proto;
 use ferry_proto::v1::job_service_client::JobServiceClient;
+use ferry_proto::v1::resource_service_client::ResourceServiceClient;
 use ferry_proto::v1::{AgentJob, CompleteJobRequest, JobResult, ReportStepRequest, StepState};
-use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::backoff::seconds;
 use crate::joblog::JobLog;
+use crate::lease::{self, DEFAULT_LEASE, Lease};
 use crate::logs;
 use crate::masking::Masker;
 use crate::rpc::{describe, with_retries};
 use crate::settings::Settings;
+use crate::source;
+use crate::spool;
 use crate::step::{StepCommand, run_step};
+use crate::stop::{Stop, StopSignal};
+use crate::upload;
 
 /// A job's timeout when it names none.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -27,6 +35,37 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 pub const KEEP_WORKSPACE_ENV: &str = "FERRY_KEEP_WORKSPACE";
 /// Where step scripts are written, inside the work directory.
 pub const SCRIPTS_DIR: &str = "_temp";
+/// The source archive's file name, in the job's scripts directory.
+const SOURCE_FILE: &str = "source.tar.gz";
+/// A step timeout long enough never to fire (the job's timeout applies).
+const NO_STEP_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// What every job of this agent shares.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The connection to the server.
+    pub channel: Channel,
+    /// The agent's settings.
+    pub settings: Settings,
+    /// Opens the renewed job tokens.
+    pub opener: Opener,
+    /// Where log spool files go; `None` for none.
+    pub spool_dir: Option<PathBuf>,
+    /// Most unacknowledged log lines held in memory per job.
+    pub log_memory_lines: usize,
+    /// How long a finished job waits for its last log acknowledgements.
+    pub final_ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("JobContext")
+            .field("agent", &self.settings.name)
+            .field("spool_dir", &self.spool_dir)
+            .finish_non_exhaustive()
+    }
+}
 
 /// How a job ended, as reported to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +78,18 @@ pub struct JobReport {
     pub result: JobResult,
     /// A short explanation.
     pub message: String,
+    /// Whether the server took the job's completion.
+    pub completed: bool,
+    /// Whether the lease was lost: the job was stopped and not completed.
+    pub lease_lost: bool,
 }
 
 impl JobReport {
-    /// `succeeded` or `failed`.
+    /// `succeeded`, `failed`, `canceled`, or `lease lost`.
     pub fn result_name(&self) -> &'static str {
+        if self.lease_lost {
+            return "lease lost";
+        }
         match self.result {
             JobResult::Succeeded => "succeeded",
             JobResult::Canceled => "canceled",
@@ -52,9 +98,17 @@ impl JobReport {
     }
 }
 
-/// Runs `job` to its end and completes it; never fails: whatever goes wrong
-/// is the job's result or a log line.
-pub async fn run(channel: Channel, settings: &Settings, job: AgentJob) -> JobReport {
+/// The job's clients, all sharing its (renewed) token.
+struct Calls {
+    jobs: JobServiceClient<Authorized>,
+    resources: ResourceServiceClient<Authorized>,
+    stop: StopSignal,
+}
+
+/// Runs `job` to its end and completes it (unless its lease is lost); never
+/// fails: whatever goes wrong is the job's result or a log line. Setting
+/// `stop` interrupts it.
+pub async fn run(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobReport {
     let job_id = job.job_id.clone();
     tracing::info!(job_id = %job_id, name = %job.name, steps = job.steps.len(), attempt = job.attempt, "job started");
     let bearer = match Bearer::new(&job.job_token) {
@@ -66,18 +120,85 @@ pub async fn run(channel: Channel, settings: &Settings, job: AgentJob) -> JobRep
                 name: job.name,
                 result: JobResult::Failed,
                 message: "the job token is unusable".into(),
+                completed: false,
+                lease_lost: false,
             };
         }
     };
-    let jobs = ferry_client::jobs(channel.clone(), bearer.clone());
+    let channel = context.channel.clone();
+    let calls = Calls {
+        jobs: ferry_client::jobs(channel.clone(), bearer.clone()),
+        resources: ferry_client::resources(channel.clone(), bearer.clone()),
+        stop: stop.clone(),
+    };
+    let lease_duration = job
+        .lease_duration
+        .as_ref()
+        .map(duration_from_proto)
+        .filter(|duration| !duration.is_zero())
+        .unwrap_or(DEFAULT_LEASE);
+    let renewer = lease::spawn(
+        calls.jobs.clone(),
+        bearer.clone(),
+        Lease {
+            job_id: job_id.clone(),
+            agent_id: context.settings.agent_id.clone(),
+            duration: lease_duration,
+            opener: context.opener.clone(),
+        },
+        stop.clone(),
+    );
+    let job_timeout = job
+        .timeout
+        .as_ref()
+        .map(duration_from_proto)
+        .filter(|timeout| !timeout.is_zero())
+        .unwrap_or(DEFAULT_JOB_TIMEOUT);
+    let timer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(job_timeout).await;
+            stop.trigger(Stop::TimedOut(job_timeout));
+        }
+    });
     let (sender, upload) = logs::start(
         ferry_client::logs(channel, bearer.clone()),
         job_id.clone(),
-        logs::FINAL_ACK_TIMEOUT,
+        logs::Options {
+            final_timeout: context.final_ack_timeout,
+            memory_lines: context.log_memory_lines,
+            spool_dir: context.spool_dir.clone(),
+        },
+        stop.clone(),
     );
     let mut log = JobLog::new(Masker::new(job.secrets.values()), sender);
 
-    let (result, mut message) = run_steps(&jobs, settings, &job, &mut log).await;
+    let (result, mut message) = run_steps(&calls, &context.settings, &job, &mut log).await;
+    timer.abort();
+
+    if let Some(Stop::LeaseLost(reason)) = stop.get() {
+        drop(log);
+        upload.abort();
+        renewer.abort();
+        bearer.clear();
+        if let Some(dir) = &context.spool_dir {
+            let _ = std::fs::remove_file(spool::spool_path(dir, &job_id));
+        }
+        tracing::error!(
+            job_id = %job_id,
+            name = %job.name,
+            error = %reason,
+            "lease lost: the server gave the job to another agent or ended it; stopped it without completing it"
+        );
+        return JobReport {
+            job_id,
+            name: job.name,
+            result: JobResult::Unspecified,
+            message: format!("lease lost: {reason}"),
+            completed: false,
+            lease_lost: true,
+        };
+    }
 
     drop(log);
     match upload.await {
@@ -91,77 +212,87 @@ pub async fn run(channel: Channel, settings: &Settings, job: AgentJob) -> JobRep
         Ok(summary) => tracing::debug!(job_id = %job_id, lines = summary.lines, "log uploaded"),
         Err(error) => tracing::error!(job_id = %job_id, %error, "the log uploader failed"),
     }
-    complete(&jobs, &job_id, result, &message).await;
+    let completed = if stop.lease_lost() {
+        false
+    } else {
+        complete(&calls.jobs, &job_id, result, &message).await
+    };
+    renewer.abort();
     bearer.clear();
     let report = JobReport {
         job_id,
         name: job.name,
         result,
         message,
+        completed,
+        lease_lost: stop.lease_lost(),
     };
     tracing::info!(job_id = %report.job_id, name = %report.name, result = report.result_name(), message = %report.message, "job finished");
     report
 }
 
-/// Prepares the workspace and runs the steps; returns the result and message.
+/// How one step ended.
+struct StepEnd {
+    state: StepState,
+    exit_code: Option<i32>,
+    problem: Option<String>,
+}
+
+/// Prepares the workspace, fetches the source, runs the steps and uploads
+/// the results; returns the result and message.
 async fn run_steps(
-    jobs: &JobServiceClient<Authorized>,
+    calls: &Calls,
     settings: &Settings,
     job: &AgentJob,
     log: &mut JobLog,
 ) -> (JobResult, String) {
-    let job_timeout = job
-        .timeout
-        .as_ref()
-        .map(duration_from_proto)
-        .filter(|timeout| !timeout.is_zero())
-        .unwrap_or(DEFAULT_JOB_TIMEOUT);
-    let job_deadline = Instant::now() + job_timeout;
+    let total = job.steps.len();
+    let last_index = u32::try_from(total.saturating_sub(1)).unwrap_or(u32::MAX);
     let (workspace, script_dir) = match prepare_workspace(&settings.work_dir, &job.job_id) {
         Ok(paths) => paths,
         Err(error) => {
             let message = format!("cannot prepare the workspace: {error:#}");
             tracing::error!(job_id = %job.job_id, error = format!("{error:#}"), "cannot prepare the workspace");
             log.system(0, &message).await;
-            for index in 0..job.steps.len() {
-                report_step(jobs, &job.job_id, index, StepState::Skipped, None).await;
-            }
+            skip_all(calls, job, log).await;
             return (JobResult::Failed, message);
         }
     };
 
-    let total = job.steps.len();
     let mut failure: Option<String> = None;
+    if !job.source_id.is_empty() {
+        let fetched = tokio::select! {
+            fetched = fetch_source(calls, job, &workspace, &script_dir, log) => Some(fetched),
+            _ = calls.stop.wait() => None,
+        };
+        if let Some(Err(message)) = fetched {
+            log.system(0, &message).await;
+            failure = Some(message);
+        }
+    }
+    let source_ok = failure.is_none();
+
     let mut tolerated = 0usize;
     for (index, spec) in job.steps.iter().enumerate() {
         let step_index = u32::try_from(index).unwrap_or(u32::MAX);
-        if failure.is_some() {
+        if failure.is_some() || calls.stop.is_set() {
             log.system(step_index, &format!("step {} skipped", spec.name))
                 .await;
-            report_step(jobs, &job.job_id, index, StepState::Skipped, None).await;
+            report_step(calls, &job.job_id, index, StepState::Skipped, None).await;
             continue;
         }
-        let remaining = job_deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            let message = format!("the job timed out after {}", seconds(job_timeout));
-            log.system(step_index, &message).await;
-            report_step(jobs, &job.job_id, index, StepState::Skipped, None).await;
-            failure = Some(message);
-            continue;
-        }
-        let timeout = spec
-            .timeout
-            .as_ref()
-            .map(duration_from_proto)
-            .filter(|timeout| !timeout.is_zero())
-            .unwrap_or(job_timeout)
-            .min(remaining);
-        report_step(jobs, &job.job_id, index, StepState::Running, None).await;
+        report_step(calls, &job.job_id, index, StepState::Running, None).await;
         log.system(
             step_index,
             &format!("▶ step {}/{}: {}", index + 1, total, spec.name),
         )
         .await;
+        let timeout = spec
+            .timeout
+            .as_ref()
+            .map(duration_from_proto)
+            .filter(|timeout| !timeout.is_zero())
+            .unwrap_or(NO_STEP_TIMEOUT);
         let command = StepCommand {
             index: step_index,
             name: spec.name.clone(),
@@ -172,7 +303,7 @@ async fn run_steps(
             env: step_env(job, spec, &workspace),
             timeout,
         };
-        let (state, exit_code, problem) = match run_step(&command, log).await {
+        let end = match run_step(&command, log, &calls.stop).await {
             Ok(outcome) => {
                 log.system(
                     step_index,
@@ -184,37 +315,60 @@ async fn run_steps(
                     ),
                 )
                 .await;
-                let problem = if outcome.timed_out {
-                    Some(format!(
-                        "step {} timed out after {}",
-                        spec.name,
-                        seconds(timeout)
-                    ))
-                } else if outcome.exit_code != 0 {
-                    Some(format!(
-                        "step {} failed with exit code {}",
-                        spec.name, outcome.exit_code
-                    ))
+                let stopped = if outcome.interrupted {
+                    calls.stop.get()
                 } else {
                     None
                 };
-                let state = if problem.is_some() {
-                    StepState::Failed
-                } else {
-                    StepState::Succeeded
-                };
-                (state, Some(outcome.exit_code), problem)
+                match stopped {
+                    Some(Stop::Canceled(reason)) => StepEnd {
+                        state: StepState::Canceled,
+                        exit_code: Some(outcome.exit_code),
+                        problem: Some(reason),
+                    },
+                    Some(stop) => StepEnd {
+                        state: StepState::Failed,
+                        exit_code: Some(outcome.exit_code),
+                        problem: Some(stop.describe()),
+                    },
+                    None if outcome.timed_out => StepEnd {
+                        state: StepState::Failed,
+                        exit_code: Some(outcome.exit_code),
+                        problem: Some(format!(
+                            "step {} timed out after {}",
+                            spec.name,
+                            seconds(timeout)
+                        )),
+                    },
+                    None if outcome.exit_code != 0 => StepEnd {
+                        state: StepState::Failed,
+                        exit_code: Some(outcome.exit_code),
+                        problem: Some(format!(
+                            "step {} failed with exit code {}",
+                            spec.name, outcome.exit_code
+                        )),
+                    },
+                    None => StepEnd {
+                        state: StepState::Succeeded,
+                        exit_code: Some(outcome.exit_code),
+                        problem: None,
+                    },
+                }
             }
             Err(error) => {
                 let message = format!("step {} could not start: {error:#}", spec.name);
                 log.system(step_index, &message).await;
-                (StepState::Failed, None, Some(message))
+                StepEnd {
+                    state: StepState::Failed,
+                    exit_code: None,
+                    problem: Some(message),
+                }
             }
         };
-        tracing::info!(job_id = %job.job_id, step = index + 1, name = %log.mask(&spec.name), exit_code, state = state.as_str_name(), "step finished");
-        report_step(jobs, &job.job_id, index, state, exit_code).await;
-        if let Some(problem) = problem {
-            if spec.continue_on_error {
+        tracing::info!(job_id = %job.job_id, step = index + 1, name = %log.mask(&spec.name), exit_code = end.exit_code, state = end.state.as_str_name(), "step finished");
+        report_step(calls, &job.job_id, index, end.state, end.exit_code).await;
+        if let Some(problem) = end.problem {
+            if spec.continue_on_error && end.state == StepState::Failed && !calls.stop.is_set() {
                 tolerated += 1;
                 log.system(
                     step_index,
@@ -226,19 +380,95 @@ async fn run_steps(
             }
         }
     }
+
+    let uploads_follow = calls.stop.get().is_none_or(|stop| stop.uploads_follow());
+    if source_ok && uploads_follow && (!job.test_results.is_empty() || !job.artifacts.is_empty()) {
+        let publish = upload::publish(
+            &calls.resources,
+            &job.job_id,
+            &workspace,
+            &job.test_results,
+            &job.artifacts,
+            log,
+            last_index,
+        );
+        tokio::select! {
+            () = publish => {}
+            stop = calls.stop.wait(), if !calls.stop.is_set() => {
+                tracing::info!(job_id = %job.job_id, reason = %stop.describe(), "uploads interrupted");
+            }
+        }
+    }
     cleanup(&job.job_id, &workspace, &script_dir);
-    let (result, message) = match failure {
-        Some(message) => (JobResult::Failed, message),
-        None if tolerated > 0 => (
-            JobResult::Succeeded,
-            format!(
-                "{} of {total} steps succeeded, {tolerated} failed with continue_on_error",
-                total - tolerated
+    let (result, message) = match calls.stop.get() {
+        Some(Stop::Canceled(reason)) => (JobResult::Canceled, reason),
+        Some(stop) => (JobResult::Failed, stop.describe()),
+        None => match failure {
+            Some(message) => (JobResult::Failed, message),
+            None if tolerated > 0 => (
+                JobResult::Succeeded,
+                format!(
+                    "{} of {total} steps succeeded, {tolerated} failed with continue_on_error",
+                    total - tolerated
+                ),
             ),
-        ),
-        None => (JobResult::Succeeded, format!("all {total} steps succeeded")),
+            None => (JobResult::Succeeded, format!("all {total} steps succeeded")),
+        },
     };
     (result, log.mask(&message))
+}
+
+/// Downloads, verifies and unpacks the job's source; `Err` is the job's
+/// failure message.
+async fn fetch_source(
+    calls: &Calls,
+    job: &AgentJob,
+    workspace: &Path,
+    script_dir: &Path,
+    log: &mut JobLog,
+) -> Result<(), String> {
+    log.system(0, &format!("downloading source {}", job.source_id))
+        .await;
+    let archive = script_dir.join(SOURCE_FILE);
+    let downloaded = source::download(&calls.resources, &job.job_id, &archive)
+        .await
+        .map_err(|error| format!("{error:#}"))?;
+    log.system(
+        0,
+        &format!(
+            "source verified: {} bytes, sha256 {}",
+            downloaded.size, downloaded.sha256
+        ),
+    )
+    .await;
+    let unpack_archive = archive.clone();
+    let unpack_workspace = workspace.to_path_buf();
+    let unpacked =
+        tokio::task::spawn_blocking(move || source::unpack(&unpack_archive, &unpack_workspace))
+            .await
+            .map_err(|error| format!("the source could not be unpacked: {error}"))
+            .and_then(|result| result.map_err(|error| format!("{error:#}")));
+    let _ = std::fs::remove_file(&archive);
+    let unpacked = unpacked?;
+    log.system(
+        0,
+        &format!(
+            "source unpacked: {} files, {} directories, {} links",
+            unpacked.files, unpacked.directories, unpacked.links
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Reports every step skipped (the job could not start).
+async fn skip_all(calls: &Calls, job: &AgentJob, log: &mut JobLog) {
+    for (index, spec) in job.steps.iter().enumerate() {
+        let step_index = u32::try_from(index).unwrap_or(u32::MAX);
+        log.system(step_index, &format!("step {} skipped", spec.name))
+            .await;
+        report_step(calls, &job.job_id, index, StepState::Skipped, None).await;
+    }
 }
 
 /// The environment a step adds to the agent's: variables, secrets, the
@@ -266,22 +496,20 @@ fn step_env(
 
 /// Creates a fresh `work_dir/<job_id>` and `work_dir/_temp/<job_id>`.
 fn prepare_workspace(work_dir: &Path, job_id: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let safe = !job_id.is_empty()
-        && job_id.len() <= 64
-        && job_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !safe {
+    if !spool::is_safe_job_id(job_id) {
         anyhow::bail!("the job id {job_id:?} is not usable as a directory name");
     }
     let workspace = work_dir.join(job_id);
     let script_dir = work_dir.join(SCRIPTS_DIR).join(job_id);
-    for dir in [&workspace, &script_dir] {
+    for (dir, mode) in [(&workspace, 0o755), (&script_dir, 0o700)] {
         if dir.exists() {
             std::fs::remove_dir_all(dir)
                 .map_err(|error| anyhow::anyhow!("cannot empty {}: {error}", dir.display()))?;
         }
-        std::fs::create_dir_all(dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
             .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", dir.display()))?;
     }
     Ok((workspace, script_dir))
@@ -301,12 +529,16 @@ fn cleanup(job_id: &str, workspace: &Path, script_dir: &Path) {
 }
 
 async fn report_step(
-    jobs: &JobServiceClient<Authorized>,
+    calls: &Calls,
     job_id: &str,
     index: usize,
     state: StepState,
     exit_code: Option<i32>,
 ) {
+    if calls.stop.lease_lost() {
+        // The job is not ours any more: nothing to report.
+        return;
+    }
     let request = ReportStepRequest {
         job_id: job_id.to_owned(),
         index: u32::try_from(index).unwrap_or(u32::MAX),
@@ -315,7 +547,7 @@ async fn report_step(
         time: Some(ferry_proto::time::now()),
     };
     let result = with_retries("ReportStep", 3, || {
-        let mut jobs = jobs.clone();
+        let mut jobs = calls.jobs.clone();
         let request = request.clone();
         async move { jobs.report_step(request).await }
     })
@@ -325,12 +557,13 @@ async fn report_step(
     }
 }
 
+/// Completes the job; returns whether the server took it.
 async fn complete(
     jobs: &JobServiceClient<Authorized>,
     job_id: &str,
     result: JobResult,
     message: &str,
-) {
+) -> bool {
     let request = CompleteJobRequest {
         job_id: job_id.to_owned(),
         result: result as i32,
@@ -342,8 +575,12 @@ async fn complete(
         async move { jobs.complete_job(request).await }
     })
     .await;
-    if let Err(status) = outcome {
-        tracing::error!(job_id = %job_id, error = %describe(&status), "cannot complete the job");
+    match outcome {
+        Ok(_) => true,
+        Err(status) => {
+            tracing::error!(job_id = %job_id, error = %describe(&status), "cannot complete the job");
+            false
+        }
     }
 }
 

@@ -11,6 +11,15 @@ fn job_ids_must_be_safe_directory_names() {
     let (workspace, scripts) = prepare_workspace(temp.path(), "0190-abc").expect("workspace");
     assert_eq!(workspace, temp.path().join("0190-abc"));
     assert_eq!(scripts, temp.path().join("_temp/0190-abc"));
+    let mode = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).expect("dir").permissions().mode() & 0o777
+    };
+    assert_eq!(
+        mode(&scripts),
+        0o700,
+        "scripts and the source archive are private"
+    );
     std::fs::write(workspace.join("stale"), "x").expect("write");
     let (workspace, _) = prepare_workspace(temp.path(), "0190-abc").expect("again");
     assert!(

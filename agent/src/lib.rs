@@ -7,6 +7,10 @@
 //! It only ever makes outbound gRPC/TLS calls; the server never connects to
 //! it.
 //!
+//! While a job runs the agent keeps its lease, listens for cancellation on
+//! the job's log stream, downloads its source and uploads its test results
+//! and artifacts; see `docs/agent.md`.
+//!
 //! The binary is a thin wrapper around [`run`]; `ferryd` embeds the same
 //! entry point for its demo.
 
@@ -15,16 +19,23 @@ pub mod cli;
 pub mod configure;
 pub mod job;
 pub mod joblog;
+pub mod lease;
 pub mod lines;
 pub mod listener;
 pub mod logs;
 pub mod masking;
 pub mod rpc;
 pub mod settings;
+pub mod source;
+pub mod spool;
 pub mod step;
+pub mod stop;
+pub mod upload;
 
 #[cfg(test)]
 mod flow_tests;
+#[cfg(test)]
+mod lifecycle_tests;
 #[cfg(test)]
 mod testserver;
 

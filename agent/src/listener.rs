@@ -1,26 +1,33 @@
-//! `ferry-agent run`: the listener token, the long-poll loop with its
-//! reconnect backoff, and shutdown on SIGINT/SIGTERM.
+//! `ferry-agent run`: the listener token, the poll slots (one per job the
+//! agent may run at once) with their reconnect backoff, graceful drain on
+//! SIGINT/SIGTERM, and the ephemeral `--once` mode.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use ferry_client::{Authorized, Bearer, ServerAddress};
-use ferry_envelope::{Envelope, Opener, job_context, listener_token_context};
+use ferry_envelope::{Opener, job_context, listener_token_context};
 use ferry_proto::v1::job_service_client::JobServiceClient;
 use ferry_proto::v1::{
-    AgentJob, GetListenerTokenRequest, ListenerToken, PollJobRequest, SealedEnvelope,
+    AgentJob, DeregisterRequest, GetListenerTokenRequest, ListenerToken, PollJobRequest,
 };
 use prost::Message as _;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::backoff::{Backoff, seconds};
 use crate::cli::RunArgs;
-use crate::job::{self, JobReport};
-use crate::rpc::describe;
+use crate::job::{self, JobContext, JobReport};
+use crate::logs;
+use crate::rpc::{describe, open_sealed, with_retries};
 use crate::settings::{AgentDir, Settings};
+use crate::spool::{self, SPOOL_DIR};
+use crate::stop::{Stop, StopSignal};
 
 /// How long the server may hold one poll.
 pub const POLL_WAIT: Duration = Duration::from_secs(50);
@@ -28,6 +35,8 @@ pub const POLL_WAIT: Duration = Duration::from_secs(50);
 pub const POLL_SLACK: Duration = Duration::from_secs(15);
 /// How long a listener token call may take.
 const TOKEN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most jobs an agent runs at once.
+pub const MAX_JOBS_LIMIT: u32 = 64;
 
 /// Why a poll failed.
 enum PollError {
@@ -39,19 +48,137 @@ enum PollError {
     Fatal(anyhow::Error),
 }
 
-/// The agent's connection to the server while idle.
+/// How far the agent is in stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ShutdownState {
+    /// Polling and running jobs.
+    Running,
+    /// No new jobs; running ones finish (first SIGINT/SIGTERM).
+    Draining,
+    /// Running jobs are canceled (second SIGINT/SIGTERM).
+    Canceling,
+}
+
+/// The agent's stop switch: each [`ShutdownHandle::request`] (a signal)
+/// moves it one state further.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<ShutdownState>>);
+
+impl Default for ShutdownHandle {
+    fn default() -> ShutdownHandle {
+        ShutdownHandle::new()
+    }
+}
+
+impl ShutdownHandle {
+    /// Running.
+    pub fn new() -> ShutdownHandle {
+        ShutdownHandle(Arc::new(watch::channel(ShutdownState::Running).0))
+    }
+
+    /// One stop request: Running → Draining → Canceling. Returns the new
+    /// state.
+    pub fn request(&self) -> ShutdownState {
+        let mut state = ShutdownState::Canceling;
+        self.0.send_modify(|current| {
+            *current = match *current {
+                ShutdownState::Running => ShutdownState::Draining,
+                _ => ShutdownState::Canceling,
+            };
+            state = *current;
+        });
+        state
+    }
+
+    /// Stops polling without a signal (a fatal error in one slot).
+    fn drain(&self) {
+        self.0.send_if_modified(|current| {
+            let change = *current == ShutdownState::Running;
+            if change {
+                *current = ShutdownState::Draining;
+            }
+            change
+        });
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ShutdownState {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the state is at least `state`.
+    async fn reached(&self, state: ShutdownState) {
+        let mut receiver = self.0.subscribe();
+        let _ = receiver.wait_for(|current| *current >= state).await;
+    }
+
+    /// Moves the switch on every SIGINT and SIGTERM, logging what each does.
+    fn listen_for_signals(&self) -> tokio::task::JoinHandle<()> {
+        let handle = self.clone();
+        tokio::spawn(async move {
+            loop {
+                wait_for_signal().await;
+                match handle.request() {
+                    ShutdownState::Running => {}
+                    ShutdownState::Draining => tracing::info!(
+                        "signal received: no new jobs; running jobs finish first (signal again to cancel them)"
+                    ),
+                    ShutdownState::Canceling => {
+                        tracing::warn!("second signal received: canceling the running jobs");
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The agent's connection to the server for polling, shared by the slots.
 struct Listener {
     settings: Settings,
     opener: Opener,
     channel: Channel,
     bearer: Bearer,
     jobs: JobServiceClient<Authorized>,
-    refresh_at: Option<Instant>,
+    /// When to fetch a new listener token; `None` for now.
+    refresh_at: Mutex<Option<Instant>>,
 }
 
 impl Listener {
-    /// Fetches and opens a new listener token.
-    async fn refresh_token(&mut self) -> Result<(), PollError> {
+    /// Makes sure a listener token is in place, fetching one when none is
+    /// or it is due (one slot fetches, the others wait for it).
+    async fn ensure_token(&self) -> Result<(), PollError> {
+        let mut refresh_at = self.refresh_at.lock().await;
+        if refresh_at.is_some_and(|refresh_at| Instant::now() < refresh_at) {
+            return Ok(());
+        }
+        *refresh_at = Some(self.refresh_token().await?);
+        Ok(())
+    }
+
+    /// Forgets the token's schedule: the next poll fetches a new one.
+    async fn invalidate(&self) {
+        *self.refresh_at.lock().await = None;
+    }
+
+    /// Fetches and opens a new listener token; returns when to refresh it.
+    async fn refresh_token(&self) -> Result<Instant, PollError> {
         let agent_id = self.settings.agent_id.clone();
         let mut request = tonic::Request::new(GetListenerTokenRequest {
             agent_id: agent_id.clone(),
@@ -71,7 +198,7 @@ impl Listener {
                     | Code::PermissionDenied
                     | Code::Unauthenticated
                     | Code::FailedPrecondition => PollError::Fatal(anyhow::anyhow!(
-                        "the server refused agent {} ({}) a listener token ({}): it may have been removed; \
+                        "the server refused agent {} ({}) a listener token ({}): it may have been removed or disabled; \
                              configure it again with --replace",
                         self.settings.name,
                         agent_id,
@@ -85,7 +212,7 @@ impl Listener {
         let sealed = response
             .sealed_token
             .ok_or_else(|| PollError::Transient("the server sent no listener token".into()))?;
-        let plaintext = open(&self.opener, &listener_token_context(&agent_id), sealed).map_err(|error| {
+        let plaintext = open_sealed(&self.opener, &listener_token_context(&agent_id), sealed).map_err(|error| {
             PollError::Fatal(error.context(
                 "cannot open the listener token: the server's key does not match this agent's configuration; \
                  configure it again with --replace",
@@ -104,25 +231,20 @@ impl Listener {
         let life = Duration::from_micros(u64::try_from(expires.saturating_sub(now)).unwrap_or(0));
         // Refresh at 80% of its life, but not in a tight loop if clocks disagree.
         let refresh_in = life.mul_f64(0.8).max(Duration::from_secs(1));
-        self.refresh_at = Some(Instant::now() + refresh_in);
         tracing::debug!(refresh_in = %seconds(refresh_in), "listener token refreshed");
-        Ok(())
+        Ok(Instant::now() + refresh_in)
     }
 
     /// One long poll: a job, or `None` when the wait ended.
-    async fn next_job(&mut self) -> Result<Option<AgentJob>, PollError> {
-        if self
-            .refresh_at
-            .is_none_or(|refresh_at| Instant::now() >= refresh_at)
-        {
-            self.refresh_token().await?;
-        }
+    async fn next_job(&self) -> Result<Option<AgentJob>, PollError> {
+        self.ensure_token().await?;
         let mut request = tonic::Request::new(PollJobRequest {
             wait: Some(ferry_proto::time::duration_to_proto(POLL_WAIT)),
         });
         request.set_timeout(POLL_WAIT + POLL_SLACK);
+        let mut jobs = self.jobs.clone();
         let response =
-            match tokio::time::timeout(POLL_WAIT + POLL_SLACK, self.jobs.poll_job(request)).await {
+            match tokio::time::timeout(POLL_WAIT + POLL_SLACK, jobs.poll_job(request)).await {
                 Err(_) => return Err(PollError::Transient("the poll timed out".into())),
                 Ok(Err(status)) => {
                     return Err(match status.code() {
@@ -142,7 +264,7 @@ impl Listener {
             .sealed_job
             .ok_or_else(|| anyhow::anyhow!("the server sent no sealed job"))
             .and_then(|sealed| {
-                open(
+                open_sealed(
                     &self.opener,
                     &job_context(&job_id, &self.settings.agent_id),
                     sealed,
@@ -163,74 +285,59 @@ impl Listener {
             }
         }
     }
-}
 
-/// Opens a sealed envelope.
-fn open(
-    opener: &Opener,
-    context: &[u8],
-    sealed: SealedEnvelope,
-) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
-    let envelope = Envelope::from_parts(
-        sealed.version,
-        &sealed.ephemeral_public_key,
-        &sealed.nonce,
-        sealed.ciphertext,
-    )
-    .context("malformed envelope")?;
-    opener
-        .open(context, &envelope)
-        .context("the envelope does not open")
-}
-
-/// SIGINT or SIGTERM received.
-#[derive(Clone, Debug)]
-struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    fn install() -> Shutdown {
-        let (sender, receiver) = watch::channel(false);
-        tokio::spawn(async move {
-            tokio::select! {
-                () = wait_for_signal() => {
-                    let _ = sender.send(true);
-                    // Keep the sender until the agent is done with it.
-                    sender.closed().await;
-                }
-                () = sender.closed() => {}
-            }
-        });
-        Shutdown(receiver)
-    }
-
-    fn requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+    /// Removes this agent on the server (its listener token authenticates).
+    async fn deregister(&self) -> anyhow::Result<()> {
+        match self.ensure_token().await {
+            Ok(()) => {}
+            Err(PollError::Fatal(error)) => return Err(error),
+            Err(PollError::Transient(error) | PollError::Unauthenticated(error)) => {
+                bail!("cannot get a listener token to deregister: {error}")
             }
         }
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the agent");
-            let _ = tokio::signal::ctrl_c().await;
+        let result = with_retries("Deregister", 5, || {
+            let mut client = ferry_client::registration(self.channel.clone(), self.bearer.clone());
+            async move { client.deregister(DeregisterRequest {}).await }
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => bail!(
+                "the server refused to deregister the agent: {}",
+                describe(&status)
+            ),
         }
     }
+}
+
+/// What the slots share.
+struct Shared {
+    listener: Listener,
+    context: JobContext,
+    shutdown: ShutdownHandle,
+    once: bool,
+    connected: AtomicBool,
 }
 
 /// Runs the agent: polls for jobs and runs them until a signal (or after one
 /// job with `--once`).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shutdown = ShutdownHandle::new();
+    let signals = shutdown.listen_for_signals();
+    let result = run_until(args, shutdown).await;
+    signals.abort();
+    result
+}
+
+/// [`run`] with the stop switch in the caller's hands instead of signals.
+pub async fn run_until(args: RunArgs, shutdown: ShutdownHandle) -> anyhow::Result<()> {
+    if args.max_jobs == 0 || args.max_jobs > MAX_JOBS_LIMIT {
+        bail!("--max-jobs must be between 1 and {MAX_JOBS_LIMIT}");
+    }
+    if args.once && args.max_jobs > 1 {
+        bail!("--once runs a single job: it cannot be combined with --max-jobs above 1");
+    }
     let dir = AgentDir::new(&args.dir.dir);
     let configuration = dir.load()?;
     let settings = configuration.settings;
@@ -238,59 +345,148 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let opener = Opener::new(configuration.secret_key, &server_public_key)
         .context("the server public key in the settings is not usable")?;
     let address = ServerAddress::new(settings.url.clone(), configuration.ca_pem);
+    let proxy = address.proxy()?;
     let channel = address.connect_lazy()?;
-    let bearer = Bearer::none();
-    let mut listener = Listener {
-        jobs: ferry_client::jobs(channel.clone(), bearer.clone()),
-        settings,
-        opener,
-        channel,
-        bearer,
-        refresh_at: None,
+
+    let spool_dir = dir.path().join(SPOOL_DIR);
+    spool::discard_leftovers(&spool_dir);
+    let spool_dir = match spool::create_dir(&spool_dir) {
+        Ok(()) => Some(spool_dir),
+        Err(error) => {
+            tracing::warn!(dir = %spool_dir.display(), %error, "cannot create the log spool directory; unacknowledged log lines stay in memory");
+            None
+        }
     };
-    let mut shutdown = Shutdown::install();
-    let mut backoff = Backoff::default();
-    let mut connected = false;
-    let mut refused_in_a_row = 0u32;
-    let settings = listener.settings.clone();
-    tracing::info!(url = %settings.url, agent = %settings.name, pool = %settings.pool, "connecting");
-    loop {
-        if shutdown.requested() {
-            tracing::info!("stopping");
+
+    let bearer = Bearer::none();
+    let shared = Arc::new(Shared {
+        listener: Listener {
+            jobs: ferry_client::jobs(channel.clone(), bearer.clone()),
+            settings: settings.clone(),
+            opener: opener.clone(),
+            channel: channel.clone(),
+            bearer,
+            refresh_at: Mutex::new(None),
+        },
+        context: JobContext {
+            channel,
+            settings: settings.clone(),
+            opener,
+            spool_dir,
+            log_memory_lines: logs::MAX_UNACKED,
+            final_ack_timeout: logs::FINAL_ACK_TIMEOUT,
+        },
+        shutdown,
+        once: args.once,
+        connected: AtomicBool::new(false),
+    });
+    match &proxy {
+        Some(proxy) => {
+            tracing::info!(url = %settings.url, proxy = %proxy, agent = %settings.name, pool = %settings.pool, max_jobs = args.max_jobs, "connecting through a proxy");
+        }
+        None => {
+            tracing::info!(url = %settings.url, agent = %settings.name, pool = %settings.pool, max_jobs = args.max_jobs, "connecting");
+        }
+    }
+
+    let mut slots = JoinSet::new();
+    for slot_index in 0..args.max_jobs {
+        slots.spawn(slot(slot_index, shared.clone()));
+    }
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut reports: Vec<JobReport> = Vec::new();
+    while let Some(joined) = slots.join_next().await {
+        match joined {
+            Ok(Ok(Some(report))) => reports.push(report),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                shared.shutdown.drain();
+                first_error.get_or_insert(error);
+            }
+            Err(error) => {
+                shared.shutdown.drain();
+                first_error.get_or_insert(anyhow::anyhow!("a poll slot failed: {error}"));
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    if args.once {
+        let Some(report) = reports.pop() else {
+            tracing::info!("stopped before a job arrived; the agent stays registered");
             return Ok(());
+        };
+        println!(
+            "job {} ({}): {} - {}",
+            report.job_id,
+            report.name,
+            report.result_name(),
+            report.message
+        );
+        let deregistered = shared.listener.deregister().await;
+        remove_configuration(&dir);
+        return match deregistered {
+            Ok(()) => {
+                tracing::info!(agent = %settings.name, agent_id = %settings.agent_id, "deregistered and removed the agent's configuration");
+                Ok(())
+            }
+            Err(error) => Err(error.context(format!(
+                "the job ran, but agent {} ({}) could not deregister; its key is deleted, remove it on the server",
+                settings.name, settings.agent_id
+            ))),
+        };
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Deletes agent.key, agent.toml and ca.pem (an ephemeral agent is done).
+fn remove_configuration(dir: &AgentDir) {
+    for path in [dir.key_path(), dir.settings_path(), dir.ca_path()] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot delete a configuration file");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir.path().join(SPOOL_DIR));
+}
+
+/// One poll slot: polls, runs the job it gets, polls again, until the agent
+/// stops. Returns the report of its job with `--once`.
+async fn slot(slot_index: u32, shared: Arc<Shared>) -> anyhow::Result<Option<JobReport>> {
+    let settings = &shared.context.settings;
+    let mut backoff = Backoff::default();
+    let mut refused_in_a_row = 0u32;
+    loop {
+        if shared.shutdown.state() != ShutdownState::Running {
+            return Ok(None);
         }
         let outcome = tokio::select! {
-            () = shutdown.wait() => {
-                tracing::info!("signal received while idle, stopping");
-                return Ok(());
-            }
-            outcome = listener.next_job() => outcome,
+            () = shared.shutdown.reached(ShutdownState::Draining) => return Ok(None),
+            outcome = shared.listener.next_job() => outcome,
         };
         let delay = match outcome {
             Ok(job) => {
-                if !connected {
-                    connected = true;
+                if !shared.connected.swap(true, Ordering::SeqCst) {
                     tracing::info!(url = %settings.url, agent = %settings.name, pool = %settings.pool, "connected, listening for jobs");
                 }
                 backoff.reset();
                 refused_in_a_row = 0;
                 let Some(job) = job else { continue };
-                let report = run_job(&listener, &mut shutdown, job).await;
-                if args.once {
-                    println!(
-                        "job {} ({}): {} - {}",
-                        report.job_id,
-                        report.name,
-                        report.result_name(),
-                        report.message
-                    );
-                    return Ok(());
+                tracing::debug!(slot = slot_index, job_id = %job.job_id, "slot took a job");
+                let report = run_job(&shared, job).await;
+                if shared.once {
+                    return Ok(Some(report));
                 }
                 continue;
             }
             Err(PollError::Fatal(error)) => return Err(error),
             Err(PollError::Unauthenticated(error)) => {
-                listener.refresh_at = None;
+                shared.listener.invalidate().await;
                 refused_in_a_row += 1;
                 tracing::warn!(error = %error, "the listener token was refused; getting a new one");
                 if refused_in_a_row < 2 {
@@ -299,33 +495,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 backoff.next_delay()
             }
             Err(PollError::Transient(error)) => {
-                connected = false;
+                shared.connected.store(false, Ordering::SeqCst);
                 let delay = backoff.next_delay();
                 tracing::warn!(url = %settings.url, error = %error, retry_in = %seconds(delay), "cannot reach the server, retrying");
                 delay
             }
         };
         tokio::select! {
-            () = shutdown.wait() => {
-                tracing::info!("signal received while idle, stopping");
-                return Ok(());
-            }
+            () = shared.shutdown.reached(ShutdownState::Draining) => return Ok(None),
             () = tokio::time::sleep(delay) => {}
         }
     }
 }
 
-/// Runs one job; a stop request meanwhile is noted and honoured afterwards.
-async fn run_job(listener: &Listener, shutdown: &mut Shutdown, job: AgentJob) -> JobReport {
-    let run = job::run(listener.channel.clone(), &listener.settings, job);
+/// Runs one job; a drain request meanwhile lets it finish, a cancel request
+/// cancels it.
+async fn run_job(shared: &Shared, job: AgentJob) -> JobReport {
+    let stop = StopSignal::new();
+    let run = job::run(&shared.context, job, stop.clone());
     tokio::pin!(run);
-    let mut noted = shutdown.requested();
+    let mut noted = false;
     loop {
         tokio::select! {
             report = &mut run => return report,
-            () = shutdown.wait(), if !noted => {
+            () = shared.shutdown.reached(ShutdownState::Draining), if !noted => {
                 noted = true;
-                tracing::info!("stop requested: finishing the current job first");
+                if shared.shutdown.state() == ShutdownState::Draining {
+                    tracing::info!("stop requested: finishing the running job first");
+                }
+            }
+            () = shared.shutdown.reached(ShutdownState::Canceling) => {
+                stop.trigger(Stop::Canceled("the agent was stopped".into()));
+                return (&mut run).await;
             }
         }
     }

@@ -1,7 +1,15 @@
 //! Uploading a job's log: one task per job holding a `LogService.StreamLogs`
-//! stream, resending every unacknowledged line after a reconnect.
+//! stream open for the whole job (the server pushes cancellation on it),
+//! resending every unacknowledged line after a reconnect.
+//!
+//! Every line is appended to the job's spool file before it is sent (see
+//! [`crate::spool`]); at most [`Options::memory_lines`] unacknowledged lines
+//! are kept in memory, the rest are read back from the spool as the server
+//! catches up, so the steps never wait for the server. Without a usable
+//! spool, the steps' output waits once that many lines are unacknowledged.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_client::Authorized;
@@ -15,17 +23,22 @@ use tonic::Streaming;
 
 use crate::backoff::{Backoff, seconds};
 use crate::rpc::describe;
+use crate::spool::Spool;
+use crate::stop::{Stop, StopSignal};
 
 /// Most lines in one message.
 pub const MAX_BATCH: usize = 500;
 /// Longest a line waits to be batched with others.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
-/// Most lines held unacknowledged; beyond it the steps' output waits.
-pub const MAX_UNACKED: usize = 100_000;
+/// Most unacknowledged lines kept in memory (the rest wait in the spool).
+pub const MAX_UNACKED: usize = 10_000;
 /// Lines buffered between the job and the uploader.
 pub const CHANNEL_CAPACITY: usize = 1024;
 /// How long the end of a job waits for every line to be acknowledged.
 pub const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A stream that lasted this long was healthy: the reconnect backoff starts
+/// over after it.
+const HEALTHY_STREAM: Duration = Duration::from_secs(10);
 
 /// What the uploader achieved once the job's log was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,39 +51,207 @@ pub struct UploadSummary {
     pub lost: u64,
 }
 
+/// How the uploader works.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a closed log waits for the last acknowledgements.
+    pub final_timeout: Duration,
+    /// Most unacknowledged lines held in memory.
+    pub memory_lines: usize,
+    /// Where the job's spool file goes; `None` for none.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            final_timeout: FINAL_ACK_TIMEOUT,
+            memory_lines: MAX_UNACKED,
+            spool_dir: None,
+        }
+    }
+}
+
 /// Starts the uploader of `job_id`. Lines go into the returned sender;
 /// dropping every sender closes the log, after which the task waits up to
-/// `final_timeout` for the acknowledgements and returns its summary.
+/// `final_timeout` for the acknowledgements, removes the spool file and
+/// returns its summary. A `cancel_requested` from the server sets `stop`.
 pub fn start(
     client: LogServiceClient<Authorized>,
     job_id: String,
-    final_timeout: Duration,
+    options: Options,
+    stop: StopSignal,
 ) -> (mpsc::Sender<LogLine>, JoinHandle<UploadSummary>) {
     let (sender, lines) = mpsc::channel(CHANNEL_CAPACITY);
+    let spool = options
+        .spool_dir
+        .as_ref()
+        .and_then(|dir| match Spool::create(dir, &job_id) {
+            Ok(spool) => Some(spool),
+            Err(error) => {
+                tracing::warn!(job_id = %job_id, dir = %dir.display(), %error, "cannot create the log spool; unacknowledged lines stay in memory");
+                None
+            }
+        });
     let uploader = Uploader {
         client,
         job_id,
         lines,
-        pending: VecDeque::new(),
+        backlog: Backlog::new(options.memory_lines.max(1), spool),
         sent: 0,
         acked: 0,
         total: 0,
         closing: false,
         deadline: None,
-        final_timeout,
+        final_timeout: options.final_timeout,
         oldest_unsent: None,
         flush_now: false,
+        stop,
     };
     (sender, tokio::spawn(uploader.run()))
+}
+
+/// A line held in memory, and the size of its spool record (0 if none).
+struct Entry {
+    line: LogLine,
+    size: u64,
+}
+
+/// Every unacknowledged line, in sequence order: the `window` in memory,
+/// then `spooled` lines only in the spool file, then the `tail` kept in
+/// memory when the spool cannot be written.
+struct Backlog {
+    window: VecDeque<Entry>,
+    spooled: u64,
+    tail: VecDeque<LogLine>,
+    spool: Option<Spool>,
+    spool_failed: bool,
+    limit: usize,
+    /// Lines that could not be read back from the spool.
+    unreadable: u64,
+}
+
+impl Backlog {
+    fn new(limit: usize, spool: Option<Spool>) -> Backlog {
+        Backlog {
+            window: VecDeque::new(),
+            spooled: 0,
+            tail: VecDeque::new(),
+            spool_failed: spool.is_none(),
+            spool,
+            limit,
+            unreadable: 0,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.window.len() as u64 + self.spooled + self.tail.len() as u64
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn spool_usable(&self) -> bool {
+        !self.spool_failed && self.tail.is_empty()
+    }
+
+    /// Whether another line can be taken now without exceeding the memory
+    /// bound (always, while the spool works).
+    fn has_room(&self) -> bool {
+        self.spool_usable() || self.window.len() + self.tail.len() < self.limit
+    }
+
+    fn push(&mut self, job_id: &str, line: LogLine) {
+        if self.spool_usable()
+            && let Some(spool) = self.spool.as_mut()
+        {
+            let in_memory = self.window.len() < self.limit && self.spooled == 0;
+            match spool.append(&line, in_memory) {
+                Ok(size) => {
+                    if in_memory {
+                        self.window.push_back(Entry { line, size });
+                    } else {
+                        self.spooled += 1;
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %job_id, path = %spool.path().display(), %error, "cannot write the log spool; unacknowledged lines now stay in memory");
+                    self.spool_failed = true;
+                }
+            }
+        }
+        if self.window.len() < self.limit && self.spooled == 0 && self.tail.is_empty() {
+            self.window.push_back(Entry { line, size: 0 });
+        } else {
+            self.tail.push_back(line);
+        }
+    }
+
+    /// Moves lines from the spool (then the tail) into the window.
+    fn refill(&mut self, job_id: &str) {
+        while self.window.len() < self.limit {
+            if self.spooled > 0 {
+                let read = match self.spool.as_mut() {
+                    Some(spool) => spool.read_next(),
+                    None => Err(std::io::Error::other("no spool")),
+                };
+                match read {
+                    Ok((line, size)) => {
+                        self.spooled -= 1;
+                        self.window.push_back(Entry { line, size });
+                    }
+                    Err(error) => {
+                        tracing::error!(job_id = %job_id, lines = self.spooled, %error, "cannot read log lines back from the spool; they are lost");
+                        self.unreadable += self.spooled;
+                        self.spooled = 0;
+                    }
+                }
+            } else if let Some(line) = self.tail.pop_front() {
+                self.window.push_back(Entry { line, size: 0 });
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Drops every line up to `sequence`; returns how many.
+    fn acknowledge(&mut self, job_id: &str, sequence: u64) -> usize {
+        let mut dropped = 0;
+        let mut bytes = 0;
+        while self
+            .window
+            .front()
+            .is_some_and(|entry| entry.line.sequence <= sequence)
+        {
+            if let Some(entry) = self.window.pop_front() {
+                bytes += entry.size;
+                dropped += 1;
+            }
+        }
+        if let Some(spool) = self.spool.as_mut()
+            && let Err(error) = spool.acknowledge(bytes)
+        {
+            tracing::warn!(job_id = %job_id, path = %spool.path().display(), %error, "cannot trim the log spool");
+        }
+        self.refill(job_id);
+        dropped
+    }
+
+    fn remove_spool(&mut self) {
+        if let Some(spool) = self.spool.take() {
+            spool.remove();
+        }
+    }
 }
 
 struct Uploader {
     client: LogServiceClient<Authorized>,
     job_id: String,
     lines: mpsc::Receiver<LogLine>,
-    /// Every line not acknowledged yet, in sequence order.
-    pending: VecDeque<LogLine>,
-    /// How many of `pending` were sent on the current stream.
+    backlog: Backlog,
+    /// How many lines of the window were sent on the current stream.
     sent: usize,
     acked: u64,
     total: u64,
@@ -81,54 +262,43 @@ struct Uploader {
     oldest_unsent: Option<Instant>,
     /// Send what is pending at once (after a reconnect).
     flush_now: bool,
+    stop: StopSignal,
 }
 
 impl Uploader {
     async fn run(mut self) -> UploadSummary {
         let mut backoff = Backoff::default();
         loop {
-            if self.pending.is_empty() {
-                if self.closing {
-                    break;
-                }
-                // Nothing to send: no stream needed until a line arrives.
-                match self.lines.recv().await {
-                    Some(line) => self.push(line),
-                    None => self.close(),
-                }
-                continue;
+            if self.closing && self.backlog.is_empty() {
+                break;
             }
-            if self
-                .deadline
-                .is_some_and(|deadline| Instant::now() >= deadline)
-            {
+            if self.past_deadline() {
                 break;
             }
             let acked_before = self.acked;
+            let started = Instant::now();
             let error = match self.session().await {
                 Ok(()) => continue,
                 Err(error) => error,
             };
-            if self.acked > acked_before {
+            if self.acked > acked_before || started.elapsed() >= HEALTHY_STREAM {
                 backoff.reset();
             }
-            if self
-                .deadline
-                .is_some_and(|deadline| Instant::now() >= deadline)
-            {
+            if self.past_deadline() {
                 break;
             }
             let delay = backoff.next_delay();
             tracing::warn!(
                 job_id = %self.job_id,
                 error = %error,
-                unacked = self.pending.len(),
+                unacked = self.backlog.len(),
                 retry_in = %seconds(delay),
                 "log stream failed, reconnecting"
             );
             self.wait(delay).await;
         }
-        let lost = self.pending.len() as u64;
+        let lost = self.backlog.len() + self.backlog.unreadable;
+        self.backlog.remove_spool();
         UploadSummary {
             lines: self.total,
             acked: self.acked,
@@ -136,12 +306,18 @@ impl Uploader {
         }
     }
 
+    fn past_deadline(&self) -> bool {
+        self.deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
     fn push(&mut self, line: LogLine) {
         self.total += 1;
-        if self.pending.len() == self.sent {
+        let window_before = self.backlog.window.len();
+        self.backlog.push(&self.job_id, line);
+        if self.backlog.window.len() > window_before && self.oldest_unsent.is_none() {
             self.oldest_unsent = Some(Instant::now());
         }
-        self.pending.push_back(line);
     }
 
     fn close(&mut self) {
@@ -150,7 +326,7 @@ impl Uploader {
     }
 
     fn can_receive(&self) -> bool {
-        !self.closing && self.pending.len() < MAX_UNACKED
+        !self.closing && self.backlog.has_room()
     }
 
     fn far_future() -> Instant {
@@ -179,29 +355,37 @@ impl Uploader {
         }
     }
 
-    /// One stream: sends pending lines and takes acks until everything is
+    /// One stream, opened at once and held while the job runs: sends
+    /// pending lines, takes acks and cancellation, until everything is
     /// acknowledged after the log was closed (`Ok`) or the stream fails.
     async fn session(&mut self) -> Result<(), String> {
         self.sent = 0;
         self.flush_now = true;
+        if !self.backlog.window.is_empty() && self.oldest_unsent.is_none() {
+            self.oldest_unsent = Some(Instant::now());
+        }
         let (requests, outgoing) = mpsc::channel::<StreamLogsRequest>(4);
         let mut client = self.client.clone();
         let call = client.stream_logs(ReceiverStream::new(outgoing));
         tokio::pin!(call);
         let mut responses: Option<Streaming<StreamLogsResponse>> = None;
+        // The first message names the job; a server answers only after it,
+        // so it goes out at once, with or without lines.
+        let mut opened = false;
         loop {
-            if self.closing && self.pending.is_empty() {
+            if self.closing && self.backlog.is_empty() {
                 return Ok(());
             }
-            let unsent = self.pending.len() - self.sent;
+            let unsent = self.backlog.window.len() - self.sent;
             let flush_at = self
                 .oldest_unsent
                 .map_or_else(Self::far_future, |oldest| oldest + FLUSH_AFTER);
-            let ready = unsent > 0
-                && (self.flush_now
-                    || self.closing
-                    || unsent >= MAX_BATCH
-                    || Instant::now() >= flush_at);
+            let ready = !opened
+                || (unsent > 0
+                    && (self.flush_now
+                        || self.closing
+                        || unsent >= MAX_BATCH
+                        || Instant::now() >= flush_at));
             let deadline = self.deadline.unwrap_or_else(Self::far_future);
             let can_receive = self.can_receive();
             tokio::select! {
@@ -209,15 +393,16 @@ impl Uploader {
                     responses = Some(result.map_err(|status| describe(&status))?.into_inner());
                 }
                 message = next_response(&mut responses), if responses.is_some() => match message {
-                    Ok(Some(response)) => self.ack(response.acked_sequence),
+                    Ok(Some(response)) => self.answer(&response),
                     Ok(None) => return Err("the server ended the log stream".into()),
                     Err(status) => return Err(describe(&status)),
                 },
                 permit = requests.reserve(), if ready => {
                     let permit = permit.map_err(|_| "the log stream closed".to_owned())?;
                     permit.send(self.next_batch());
+                    opened = true;
                 }
-                () = sleep_until(flush_at), if unsent > 0 && !ready => {}
+                () = sleep_until(flush_at), if opened && unsent > 0 && !ready => {}
                 line = self.lines.recv(), if can_receive => match line {
                     Some(line) => self.push(line),
                     None => self.close(),
@@ -229,18 +414,30 @@ impl Uploader {
         }
     }
 
-    /// The next batch of unsent lines.
+    fn answer(&mut self, response: &StreamLogsResponse) {
+        if response.cancel_requested
+            && self
+                .stop
+                .trigger(Stop::Canceled("the job was canceled on the server".into()))
+        {
+            tracing::info!(job_id = %self.job_id, "the server asked to cancel the job");
+        }
+        self.ack(response.acked_sequence);
+    }
+
+    /// The next batch of unsent lines (possibly none, to open a stream).
     fn next_batch(&mut self) -> StreamLogsRequest {
-        let count = (self.pending.len() - self.sent).min(MAX_BATCH);
+        let count = (self.backlog.window.len() - self.sent).min(MAX_BATCH);
         let lines: Vec<LogLine> = self
-            .pending
+            .backlog
+            .window
             .iter()
             .skip(self.sent)
             .take(count)
-            .cloned()
+            .map(|entry| entry.line.clone())
             .collect();
         self.sent += count;
-        if self.sent == self.pending.len() {
+        if self.sent == self.backlog.window.len() {
             self.oldest_unsent = None;
             self.flush_now = false;
         }
@@ -256,15 +453,12 @@ impl Uploader {
             return;
         }
         self.acked = acked_sequence;
-        while self
-            .pending
-            .front()
-            .is_some_and(|line| line.sequence <= acked_sequence)
-        {
-            self.pending.pop_front();
-            self.sent = self.sent.saturating_sub(1);
-        }
-        if self.sent == self.pending.len() {
+        let dropped = self.backlog.acknowledge(&self.job_id, acked_sequence);
+        self.sent = self.sent.saturating_sub(dropped);
+        if self.sent < self.backlog.window.len() {
+            // Lines read back from the spool are ready to go.
+            self.oldest_unsent.get_or_insert_with(Instant::now);
+        } else {
             self.oldest_unsent = None;
         }
     }

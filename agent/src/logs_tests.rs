@@ -1,11 +1,13 @@
 //! Tests of the log uploader against the fake server.
 
+use std::path::Path;
 use std::time::Duration;
 
 use ferry_client::{Bearer, ServerAddress};
 use ferry_proto::v1::{LogLine, LogStream};
 
 use super::*;
+use crate::spool::spool_path;
 use crate::testserver::{self, JOB_TOKEN};
 
 fn client(url: &str) -> LogServiceClient<Authorized> {
@@ -25,8 +27,16 @@ fn line(sequence: u64) -> LogLine {
     }
 }
 
-async fn upload(url: &str, count: u64, final_timeout: Duration) -> UploadSummary {
-    let (sender, task) = start(client(url), "job-1".into(), final_timeout);
+fn options(final_timeout: Duration, spool_dir: Option<&Path>, memory_lines: usize) -> Options {
+    Options {
+        final_timeout,
+        memory_lines,
+        spool_dir: spool_dir.map(Path::to_path_buf),
+    }
+}
+
+async fn upload(url: &str, count: u64, options: Options) -> UploadSummary {
+    let (sender, task) = start(client(url), "job-1".into(), options, StopSignal::new());
     for sequence in 1..=count {
         sender.send(line(sequence)).await.expect("send");
     }
@@ -40,7 +50,13 @@ async fn upload(url: &str, count: u64, final_timeout: Duration) -> UploadSummary
 #[tokio::test]
 async fn every_line_is_stored_once_in_order_in_bounded_batches() {
     let (fake, url) = testserver::start().await;
-    let summary = upload(&url, 1234, FINAL_ACK_TIMEOUT).await;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let summary = upload(
+        &url,
+        1234,
+        options(FINAL_ACK_TIMEOUT, Some(temp.path()), MAX_UNACKED),
+    )
+    .await;
     assert_eq!(
         summary,
         UploadSummary {
@@ -53,23 +69,30 @@ async fn every_line_is_stored_once_in_order_in_bounded_batches() {
     let sequences: Vec<u64> = state.lines.iter().map(|line| line.sequence).collect();
     assert_eq!(sequences, (1..=1234).collect::<Vec<u64>>());
     assert!(
-        state
-            .batch_sizes
-            .iter()
-            .all(|&size| size > 0 && size <= MAX_BATCH),
+        state.batch_sizes.iter().all(|&size| size <= MAX_BATCH),
         "{:?}",
         state.batch_sizes
     );
     assert!(state.batch_job_ids.iter().all(|job_id| job_id == "job-1"));
     assert_eq!(state.gaps, 0);
     assert_eq!(state.log_streams, 1);
+    assert!(
+        !spool_path(temp.path(), "job-1").exists(),
+        "the spool file is removed once every line is acknowledged"
+    );
 }
 
 #[tokio::test]
 async fn unacknowledged_lines_are_resent_after_the_stream_fails() {
     let (fake, url) = testserver::start().await;
     fake.state().fail_streams = 2;
-    let summary = upload(&url, 700, FINAL_ACK_TIMEOUT).await;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let summary = upload(
+        &url,
+        700,
+        options(FINAL_ACK_TIMEOUT, Some(temp.path()), MAX_UNACKED),
+    )
+    .await;
     assert_eq!(summary.lost, 0, "{summary:?}");
     assert_eq!(summary.acked, 700);
     let state = fake.state();
@@ -85,8 +108,14 @@ async fn unacknowledged_lines_are_resent_after_the_stream_fails() {
 #[tokio::test]
 async fn an_unreachable_server_loses_the_lines_after_the_final_timeout() {
     let url = testserver::closed_url().await;
+    let temp = tempfile::tempdir().expect("tempdir");
     let started = std::time::Instant::now();
-    let summary = upload(&url, 10, Duration::from_secs(1)).await;
+    let summary = upload(
+        &url,
+        10,
+        options(Duration::from_secs(1), Some(temp.path()), MAX_UNACKED),
+    )
+    .await;
     assert_eq!(
         summary,
         UploadSummary {
@@ -100,37 +129,135 @@ async fn an_unreachable_server_loses_the_lines_after_the_final_timeout() {
         "{:?}",
         started.elapsed()
     );
+    assert!(!spool_path(temp.path(), "job-1").exists());
 }
 
 #[tokio::test]
-async fn a_closed_log_with_no_lines_needs_no_stream() {
+async fn the_stream_is_held_open_without_lines_and_carries_cancellation() {
     let (fake, url) = testserver::start().await;
-    let summary = upload(&url, 0, FINAL_ACK_TIMEOUT).await;
-    assert_eq!(summary.lines, 0);
-    assert_eq!(fake.state().log_streams, 0);
+    let stop = StopSignal::new();
+    let (sender, task) = start(
+        client(&url),
+        "job-1".into(),
+        Options::default(),
+        stop.clone(),
+    );
+    // No line is written, yet the stream opens at once with an empty message.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fake.state().log_streams == 0 {
+        assert!(std::time::Instant::now() < deadline, "no stream opened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.state().batch_sizes, [0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.state().log_streams, 1, "one stream, held open");
+
+    let canceled_at = std::time::Instant::now();
+    fake.cancel("job-1");
+    let reason = tokio::time::timeout(Duration::from_secs(1), stop.wait())
+        .await
+        .expect("the cancellation arrives within a second");
+    assert_eq!(
+        reason,
+        crate::stop::Stop::Canceled("the job was canceled on the server".into())
+    );
+    assert!(canceled_at.elapsed() < Duration::from_secs(1));
+    sender.send(line(1)).await.expect("send");
+    drop(sender);
+    let summary = task.await.expect("task");
+    assert_eq!(summary.acked, 1);
 }
 
 #[tokio::test]
-async fn a_server_that_never_acknowledges_stops_the_writers_instead_of_dropping_lines() {
+async fn without_a_spool_a_server_that_never_acknowledges_holds_the_writers_back() {
     let url = testserver::closed_url().await;
-    let (sender, _task) = start(client(&url), "job-1".into(), FINAL_ACK_TIMEOUT);
+    let memory = 2000;
+    let (sender, _task) = start(
+        client(&url),
+        "job-1".into(),
+        options(FINAL_ACK_TIMEOUT, None, memory),
+        StopSignal::new(),
+    );
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = written.clone();
     let writer = tokio::spawn(async move {
-        for sequence in 1..=(MAX_UNACKED + CHANNEL_CAPACITY + 100) as u64 {
+        for sequence in 1..=(memory + CHANNEL_CAPACITY + 100) as u64 {
             if sender.send(line(sequence)).await.is_err() {
                 return;
             }
             counter.store(sequence, std::sync::atomic::Ordering::SeqCst);
         }
     });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let count = written.load(std::sync::atomic::Ordering::SeqCst);
     assert!(!writer.is_finished(), "the writer must be held back");
-    assert!(count >= MAX_UNACKED as u64, "only {count} lines taken");
+    assert!(count >= memory as u64, "only {count} lines taken");
     assert!(
-        count <= (MAX_UNACKED + CHANNEL_CAPACITY + 1) as u64,
+        count <= (memory + CHANNEL_CAPACITY + 1) as u64,
         "{count} lines taken"
     );
     writer.abort();
+}
+
+#[tokio::test]
+async fn the_spool_takes_lines_while_the_server_refuses_streams_and_is_removed_after_the_acks() {
+    let (fake, url) = testserver::start().await;
+    fake.state().refuse_streams = true;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let memory = 100;
+    let count = 3000u64;
+    let (sender, task) = start(
+        client(&url),
+        "job-1".into(),
+        options(FINAL_ACK_TIMEOUT, Some(temp.path()), memory),
+        StopSignal::new(),
+    );
+    // Far more lines than the memory bound: none of them waits.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        for sequence in 1..=count {
+            sender.send(line(sequence)).await.expect("send");
+        }
+    })
+    .await
+    .expect("the writer is never held back while the spool works");
+    let path = spool_path(temp.path(), "job-1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read(&path).unwrap_or_default();
+        if text.windows(9).any(|window| window == b"line 3000") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last line never reached the spool"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        fake.state().refused_streams >= 2,
+        "{}",
+        fake.state().refused_streams
+    );
+    assert!(fake.state().lines.is_empty());
+
+    fake.state().refuse_streams = false;
+    drop(sender);
+    let summary = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("uploader finishes")
+        .expect("task");
+    assert_eq!(
+        summary,
+        UploadSummary {
+            lines: count,
+            acked: count,
+            lost: 0
+        }
+    );
+    let state = fake.state();
+    let sequences: Vec<u64> = state.lines.iter().map(|line| line.sequence).collect();
+    assert_eq!(sequences, (1..=count).collect::<Vec<u64>>());
+    assert_eq!(state.gaps, 0);
+    assert!(!path.exists(), "the spool file is removed after the acks");
 }

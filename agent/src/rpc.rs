@@ -3,6 +3,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use ferry_envelope::{Envelope, Opener};
+use ferry_proto::v1::SealedEnvelope;
 use tonic::{Code, Status};
 
 use crate::backoff::{Backoff, seconds};
@@ -41,6 +44,30 @@ pub fn is_transient(status: &Status) -> bool {
             | Code::Aborted
             | Code::Unknown
     )
+}
+
+/// Opens an envelope sealed to this agent with `context`.
+pub fn open_sealed(
+    opener: &Opener,
+    context: &[u8],
+    sealed: SealedEnvelope,
+) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let envelope = Envelope::from_parts(
+        sealed.version,
+        &sealed.ephemeral_public_key,
+        &sealed.nonce,
+        sealed.ciphertext,
+    )
+    .context("malformed envelope")?;
+    opener
+        .open(context, &envelope)
+        .context("the envelope does not open")
+}
+
+/// The context of a renewed job token sealed to an agent:
+/// `"ferry/v1/job-token/" + job_id + "/" + agent_id`.
+pub fn job_token_context(job_id: &str, agent_id: &str) -> Vec<u8> {
+    format!("ferry/v1/job-token/{job_id}/{agent_id}").into_bytes()
 }
 
 /// Calls `call` until it succeeds, fails with a non-transient error, or

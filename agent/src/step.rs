@@ -1,6 +1,8 @@
 //! Running one step: its script as a child process in its own process group,
-//! stdout and stderr read line by line into the job log, and a timeout that
-//! stops the whole process group.
+//! stdout and stderr read line by line into the job log, a timeout that
+//! stops the whole process group, and interruption when the job is stopped
+//! (canceled, timed out, lease lost, agent shut down): SIGINT to the group,
+//! SIGTERM after [`INTERRUPT_GRACE`], SIGKILL after as long again.
 
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::os::unix::process::ExitStatusExt as _;
@@ -18,9 +20,14 @@ use tokio::time::{Instant, sleep_until};
 use crate::backoff::seconds;
 use crate::joblog::JobLog;
 use crate::lines::LineSplitter;
+use crate::stop::StopSignal;
 
 /// How long a step gets between SIGTERM and SIGKILL after its timeout.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long an interrupted step gets between SIGINT and SIGTERM, and again
+/// between SIGTERM and SIGKILL.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long to keep reading after the step's shell exited, while processes
 /// it left behind still hold its output open, before they are killed.
@@ -54,23 +61,30 @@ pub struct StepOutcome {
     pub exit_code: i32,
     /// Whether it was stopped because its timeout passed.
     pub timed_out: bool,
+    /// Whether it was interrupted because the job was stopped.
+    pub interrupted: bool,
     /// How long it ran.
     pub elapsed: Duration,
 }
 
 impl StepOutcome {
-    /// Exited 0 in time.
+    /// Exited 0 in time, and was not interrupted.
     pub fn succeeded(&self) -> bool {
-        self.exit_code == 0 && !self.timed_out
+        self.exit_code == 0 && !self.timed_out && !self.interrupted
     }
 }
 
 /// Environment variables never passed to a step.
 pub const REMOVED_ENV: [&str; 1] = ["FERRY_TOKEN"];
 
-/// Runs the step to its end, writing its output to `log`. An error means it
-/// could not start (unknown shell, script not writable, spawn failed).
-pub async fn run_step(step: &StepCommand, log: &mut JobLog) -> anyhow::Result<StepOutcome> {
+/// Runs the step to its end, writing its output to `log`; interrupts it when
+/// `stop` is set. An error means it could not start (unknown shell, script
+/// not writable, spawn failed).
+pub async fn run_step(
+    step: &StepCommand,
+    log: &mut JobLog,
+    stop: &StopSignal,
+) -> anyhow::Result<StepOutcome> {
     let mut command = build_command(step)?;
     let started = Instant::now();
     let mut child = command.spawn().with_context(|| {
@@ -102,6 +116,11 @@ pub async fn run_step(step: &StepCommand, log: &mut JobLog) -> anyhow::Result<St
     let mut drain_until: Option<Instant> = None;
     let mut killed_leftovers = false;
     let mut lines_open = true;
+    let mut interrupted = false;
+    // The next escalation of an interruption: when, and which signal.
+    let mut escalation: Option<(Instant, &'static str)> = None;
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
     while status.is_none() || lines_open {
         tokio::select! {
             line = lines.recv(), if lines_open => match line {
@@ -110,10 +129,11 @@ pub async fn run_step(step: &StepCommand, log: &mut JobLog) -> anyhow::Result<St
             },
             result = child.wait(), if status.is_none() => {
                 status = Some(result.context("cannot wait for the step's process")?);
-                if timed_out {
+                if timed_out || interrupted {
                     // Whatever of the group survived the shell goes too.
                     signal_group(process_group, "KILL").await;
                 }
+                escalation = None;
                 drain_until = Some(Instant::now() + DRAIN_GRACE);
             }
             () = sleep_until(deadline), if status.is_none() && !timed_out => {
@@ -122,6 +142,24 @@ pub async fn run_step(step: &StepCommand, log: &mut JobLog) -> anyhow::Result<St
                 log.system(step.index, &text).await;
                 signal_group(process_group, "TERM").await;
                 kill_at = Some(Instant::now() + KILL_GRACE);
+            }
+            reason = &mut stopped, if status.is_none() && !interrupted => {
+                interrupted = true;
+                let text = format!(
+                    "stopping step {} ({}): SIGINT now, SIGTERM after {}, SIGKILL after {} more",
+                    step.name,
+                    reason.describe(),
+                    seconds(INTERRUPT_GRACE),
+                    seconds(INTERRUPT_GRACE)
+                );
+                log.system(step.index, &text).await;
+                signal_group(process_group, "INT").await;
+                escalation = Some((Instant::now() + INTERRUPT_GRACE, "TERM"));
+            }
+            () = sleep_until(escalation.map_or(far_future, |(at, _)| at)), if status.is_none() && escalation.is_some() => {
+                let signal = escalation.map_or("KILL", |(_, signal)| signal);
+                signal_group(process_group, signal).await;
+                escalation = (signal == "TERM").then(|| (Instant::now() + INTERRUPT_GRACE, "KILL"));
             }
             () = sleep_until(kill_at.unwrap_or(far_future)), if status.is_none() && kill_at.is_some() => {
                 kill_at = None;
@@ -155,6 +193,7 @@ pub async fn run_step(step: &StepCommand, log: &mut JobLog) -> anyhow::Result<St
     Ok(StepOutcome {
         exit_code,
         timed_out,
+        interrupted,
         elapsed: started.elapsed(),
     })
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::masking::Masker;
+use crate::stop::Stop;
 
 fn command(dir: &Path, script: &str, timeout: Duration) -> StepCommand {
     let workspace = dir.join("ws");
@@ -30,7 +31,9 @@ fn command(dir: &Path, script: &str, timeout: Duration) -> StepCommand {
 async fn run(step: &StepCommand) -> (StepOutcome, Vec<LogLine>) {
     let (sender, mut receiver) = mpsc::channel(1024);
     let mut log = JobLog::new(Masker::new(["s3kr1t-value"]), sender);
-    let outcome = run_step(step, &mut log).await.expect("step runs");
+    let outcome = run_step(step, &mut log, &StopSignal::new())
+        .await
+        .expect("step runs");
     drop(log);
     let mut lines = Vec::new();
     while let Some(line) = receiver.recv().await {
@@ -116,7 +119,9 @@ async fn sh_runs_with_errexit_and_success_is_zero() {
     step.shell = "fish".into();
     let (sender, _receiver) = mpsc::channel(1);
     let mut log = JobLog::new(Masker::default(), sender);
-    let error = run_step(&step, &mut log).await.expect_err("unknown shell");
+    let error = run_step(&step, &mut log, &StopSignal::new())
+        .await
+        .expect_err("unknown shell");
     assert!(error.to_string().contains("unknown shell"), "{error}");
 }
 
@@ -220,4 +225,63 @@ fn the_agents_token_variable_is_not_passed_on() {
     let args: Vec<_> = built.as_std().get_args().collect();
     assert_eq!(args[..2], ["-eo", "pipefail"]);
     assert_eq!(built.as_std().get_program(), "bash");
+}
+
+#[tokio::test]
+async fn a_stop_interrupts_the_group_with_sigint_then_sigterm() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    // The shell ignores SIGINT (so does its background child, as
+    // non-interactive shells do); the foreground sleep is a child too.
+    let script = "trap '' INT\nsleep 600 &\necho $! > bg.pid\necho started\nsleep 600\n";
+    let step = command(temp.path(), script, Duration::from_secs(600));
+    let stop = StopSignal::new();
+    let (sender, mut receiver) = mpsc::channel(1024);
+    let mut log = JobLog::new(Masker::default(), sender);
+    let trigger = {
+        let stop = stop.clone();
+        let pid_file = step.workspace.join("bg.pid");
+        tokio::spawn(async move {
+            while !pid_file.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.trigger(Stop::Canceled("the job was canceled on the server".into()));
+        })
+    };
+    let outcome = run_step(&step, &mut log, &stop).await.expect("runs");
+    trigger.await.expect("trigger");
+    drop(log);
+    let mut lines = Vec::new();
+    while let Some(line) = receiver.recv().await {
+        lines.push(line);
+    }
+    assert!(outcome.interrupted);
+    assert!(!outcome.timed_out);
+    assert!(!outcome.succeeded());
+    assert_eq!(
+        outcome.exit_code,
+        128 + 15,
+        "SIGINT ignored, SIGTERM ends it"
+    );
+    assert!(outcome.elapsed >= INTERRUPT_GRACE, "{:?}", outcome.elapsed);
+    assert!(
+        outcome.elapsed < INTERRUPT_GRACE * 2,
+        "{:?}",
+        outcome.elapsed
+    );
+    assert_eq!(
+        texts(&lines, LogStream::System),
+        [
+            "stopping step build (the job was canceled on the server): SIGINT now, SIGTERM after 5.0 s, SIGKILL after 5.0 s more"
+        ]
+    );
+    let pid = std::fs::read_to_string(step.workspace.join("bg.pid")).expect("pid file");
+    let mut dead = is_dead(pid.trim());
+    for _ in 0..50 {
+        if dead {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dead = is_dead(pid.trim());
+    }
+    assert!(dead, "the background child survived");
 }

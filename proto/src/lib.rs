@@ -26,8 +26,10 @@ pub mod service_names {
     pub const JOB: &str = "ferry.v1.JobService";
     /// `ferry.v1.LogService`
     pub const LOG: &str = "ferry.v1.LogService";
+    /// `ferry.v1.ResourceService`
+    pub const RESOURCE: &str = "ferry.v1.ResourceService";
     /// Every ferry service.
-    pub const ALL: &[&str] = &[REGISTRATION, TOKEN, JOB, LOG];
+    pub const ALL: &[&str] = &[REGISTRATION, TOKEN, JOB, LOG, RESOURCE];
 }
 
 /// Conversions between protobuf well-known types and std/system types.

@@ -92,6 +92,8 @@ impl Drop for Process {
 pub struct Server {
     /// `https://localhost:PORT`.
     pub url: String,
+    /// The port.
+    pub port: u16,
     /// The first administrator's PAT.
     pub owner_token: String,
     /// The self-signed certificate agents trust.
@@ -104,9 +106,20 @@ pub struct Server {
 impl Server {
     /// Starts `ferryd all` on 127.0.0.1 with a free port, in `dir`.
     pub fn start(dir: &Path) -> anyhow::Result<Server> {
+        Self::start_with(dir, "127.0.0.1:0", "")
+    }
+
+    /// Starts `ferryd all` on `listen` in `dir` with a config file holding
+    /// `config` (TOML; empty for the defaults). Starting again on the same
+    /// directory and port is a restart.
+    pub fn start_with(dir: &Path, listen: &str, config: &str) -> anyhow::Result<Server> {
         let data_dir = dir.join("server");
+        let config_path = dir.join("ferryd.toml");
+        std::fs::write(&config_path, config)?;
         let mut child = Command::new(binary("ferryd"))
-            .args(["all", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["all", "--listen", listen, "--config"])
+            .arg(&config_path)
+            .arg("--data-dir")
             .arg(&data_dir)
             .env("FERRY_LOG", "info")
             .stdout(Stdio::piped())
@@ -131,8 +144,9 @@ impl Server {
         });
         let mut port = None;
         let mut token = None;
+        let restart = data_dir.join("keys").exists();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while port.is_none() || token.is_none() {
+        while port.is_none() || (token.is_none() && !restart) {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let line = receiver
                 .recv_timeout(remaining)
@@ -153,6 +167,7 @@ impl Server {
         }
         Ok(Server {
             url: format!("https://localhost:{}", port.unwrap_or_default()),
+            port: port.unwrap_or_default(),
             owner_token: token.unwrap_or_default(),
             certificate_path: data_dir.join("tls").join("server.crt"),
             data_dir,
@@ -178,9 +193,14 @@ impl Server {
         Bearer::new(&self.owner_token).expect("a PAT is a valid header")
     }
 
-    /// Kills the server.
+    /// Kills the server (SIGKILL).
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// The server's process.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
     }
 }
 
@@ -270,4 +290,112 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// A free loopback port (bound and released), for servers that restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// Job helpers over the owner's credential.
+pub mod jobs {
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use ferry_proto::v1::{
+        FollowLogsRequest, GetJobRequest, Job, JobSpec, JobState, LogLine, QueueJobRequest,
+    };
+    use tokio_stream::StreamExt;
+
+    use crate::{Server, eventually};
+
+    /// Queues a job as the owner.
+    pub async fn queue(server: &Server, spec: JobSpec) -> anyhow::Result<Job> {
+        let mut jobs = ferry_client::jobs(server.channel().await?, server.owner());
+        jobs.queue_job(QueueJobRequest { spec: Some(spec) })
+            .await?
+            .into_inner()
+            .job
+            .context("no job")
+    }
+
+    /// The job now.
+    pub async fn get(server: &Server, job_id: &str) -> anyhow::Result<Job> {
+        let mut jobs = ferry_client::jobs(server.channel().await?, server.owner());
+        jobs.get_job(GetJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .job
+        .context("no job")
+    }
+
+    /// Waits until the job has ended.
+    pub async fn finished(server: &Server, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
+        let jobs = ferry_client::jobs(server.channel().await?, server.owner());
+        eventually(timeout, "the job to finish", || {
+            let mut jobs = jobs.clone();
+            async move {
+                let job = jobs
+                    .get_job(GetJobRequest {
+                        job_id: job_id.to_owned(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .job?;
+                matches!(
+                    JobState::try_from(job.state),
+                    Ok(JobState::Succeeded | JobState::Failed | JobState::Canceled)
+                )
+                .then_some(job)
+            }
+        })
+        .await
+    }
+
+    /// Every stored line of the job.
+    pub async fn lines(server: &Server, job_id: &str) -> anyhow::Result<Vec<LogLine>> {
+        let mut logs = ferry_client::logs(server.channel().await?, server.owner());
+        let mut stream = logs
+            .follow_logs(FollowLogsRequest {
+                job_id: job_id.to_owned(),
+                from_sequence: 0,
+                follow: false,
+            })
+            .await?
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(message) = stream.next().await {
+            lines.extend(message?.lines);
+        }
+        Ok(lines)
+    }
+
+    /// Waits until a stored line satisfies `check`.
+    pub async fn line_matching(
+        server: &Server,
+        job_id: &str,
+        timeout: Duration,
+        check: impl Fn(&LogLine) -> bool,
+    ) -> anyhow::Result<LogLine> {
+        let check = &check;
+        eventually(timeout, "a log line", || async move {
+            lines(server, job_id)
+                .await
+                .ok()?
+                .into_iter()
+                .find(|line| check(line))
+        })
+        .await
+    }
+
+    /// The job's state as an enum.
+    pub fn state(job: &Job) -> JobState {
+        JobState::try_from(job.state).unwrap_or_default()
+    }
 }

@@ -207,6 +207,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
         job_id: None,
         project: None,
         pipeline: None,
+        attempt: None,
     };
     let foreign =
         TokenSigner::from_pkcs8(&generate_signing_key()?, "ferry")?.sign(&claims(now + 600))?;

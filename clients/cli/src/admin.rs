@@ -6,6 +6,7 @@ use ferry_proto::time::now_micros;
 use ferry_proto::v1::{
     Administrator, Agent, CreateAdministratorRequest, CreatePoolRequest, ListAdministratorsRequest,
     ListAgentsRequest, ListPoolsRequest, Pool, RemoveAdministratorRequest, RemoveAgentRequest,
+    UpdateAgentRequest,
 };
 
 use crate::cli::{AdminCommand, AgentCommand, OutputFormat, PoolCommand};
@@ -90,8 +91,50 @@ pub(crate) async fn agent(
                 .map_err(|status| client.error(&status))?;
             removed(format, "agent", agent_id)?;
         }
+        AgentCommand::Disable { agent_id } => update_agent(client, agent_id, true, format).await?,
+        AgentCommand::Enable { agent_id } => update_agent(client, agent_id, false, format).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `agent disable` and `agent enable`.
+async fn update_agent(
+    client: &mut Client,
+    agent_id: String,
+    disabled: bool,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let response = client
+        .registration
+        .update_agent(UpdateAgentRequest {
+            agent_id: agent_id.clone(),
+            disabled,
+        })
+        .await
+        .map_err(|status| client.error(&status))?;
+    let agent = response.into_inner().agent.unwrap_or_else(|| Agent {
+        id: agent_id,
+        disabled,
+        ..Agent::default()
+    });
+    match format {
+        OutputFormat::Json => output::json(&AgentView::from(&agent)),
+        OutputFormat::Table => output::text(&format!("{}\n", agent_updated(&agent))),
+    }
+}
+
+/// `disabled agent NAME (ID)` or `enabled agent NAME (ID)`.
+pub fn agent_updated(agent: &Agent) -> String {
+    let verb = if agent.disabled {
+        "disabled"
+    } else {
+        "enabled"
+    };
+    if agent.name.is_empty() {
+        format!("{verb} agent {}", agent.id)
+    } else {
+        format!("{verb} agent {} ({})", agent.name, agent.id)
+    }
 }
 
 /// Runs an `admin` command.
@@ -203,7 +246,12 @@ pub fn agent_table(agents: &[Agent], now: i64) -> String {
             agent.id.clone(),
             agent.name.clone(),
             agent.pool.clone(),
-            format::agent_status(agent.status()).to_owned(),
+            if agent.disabled {
+                "disabled"
+            } else {
+                format::agent_status(agent.status())
+            }
+            .to_owned(),
             format::relative_cell(format::micros(agent.last_seen_time.as_ref()), now),
             format::or_dash(&agent.current_job_id),
             format::pairs(&agent.capabilities),
@@ -238,25 +286,44 @@ mod tests {
 
     #[test]
     fn agents_are_tabulated() {
-        let agents = [Agent {
-            id: "a1".into(),
-            name: "runner-1".into(),
+        let disabled = Agent {
+            id: "a2".into(),
+            name: "runner-2".into(),
             pool: "default".into(),
-            capabilities: [
-                ("os".to_owned(), "linux".to_owned()),
-                ("arch".to_owned(), "arm64".to_owned()),
-            ]
-            .into(),
-            status: AgentStatus::Busy as i32,
-            last_seen_time: Some(timestamp_from_micros(NOW - 3_000_000)),
-            create_time: None,
-            current_job_id: "j1".into(),
-        }];
+            status: AgentStatus::Online as i32,
+            disabled: true,
+            ..Agent::default()
+        };
+        let agents = [
+            Agent {
+                id: "a1".into(),
+                name: "runner-1".into(),
+                pool: "default".into(),
+                capabilities: [
+                    ("os".to_owned(), "linux".to_owned()),
+                    ("arch".to_owned(), "arm64".to_owned()),
+                ]
+                .into(),
+                status: AgentStatus::Busy as i32,
+                last_seen_time: Some(timestamp_from_micros(NOW - 3_000_000)),
+                create_time: None,
+                current_job_id: "j1".into(),
+                disabled: false,
+            },
+            disabled.clone(),
+        ];
         assert_eq!(
             agent_table(&agents, NOW),
-            "ID  NAME      POOL     STATUS  LAST SEEN  JOB  CAPABILITIES\n\
-             a1  runner-1  default  busy    3s ago     j1   arch=arm64,os=linux\n"
+            "ID  NAME      POOL     STATUS    LAST SEEN  JOB  CAPABILITIES\n\
+             a1  runner-1  default  busy      3s ago     j1   arch=arm64,os=linux\n\
+             a2  runner-2  default  disabled  -          -    -\n"
         );
+        assert_eq!(agent_updated(&disabled), "disabled agent runner-2 (a2)");
+        let enabled = Agent {
+            id: "a3".into(),
+            ..Agent::default()
+        };
+        assert_eq!(agent_updated(&enabled), "enabled agent a3");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use ferry_proto::v1::JobState;
 const LONG_ABOUT: &str = "\
 ferryctl talks to a ferry server over gRPC/TLS with a personal access token
 (PAT). It manages pools, agents and administrators, queues jobs described by
-YAML pipeline files and follows their logs.
+YAML pipeline files (uploading their source), cancels them, follows their
+logs and downloads their artifacts.
 
 Settings come from flags, then environment variables (FERRY_URL, FERRY_TOKEN,
 FERRY_CA_CERT), then the config file ($FERRY_CONFIG, else
@@ -26,7 +27,7 @@ const GLOBAL: &str = "Global Options";
 #[command(
     name = "ferryctl",
     version,
-    about = "Administer a ferry server: pools, agents, administrators, jobs and logs",
+    about = "Administer a ferry server: pools, agents, administrators, jobs, logs and artifacts",
     long_about = LONG_ABOUT,
     propagate_version = true
 )]
@@ -97,17 +98,20 @@ pub enum Command {
     /// Create and list pools of agents
     #[command(subcommand)]
     Pool(PoolCommand),
-    /// List and remove agents
+    /// List, disable, enable and remove agents
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Create, list and remove administrators (server owners only)
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Queue, inspect and list jobs
+    /// Queue, inspect, list and cancel jobs
     #[command(subcommand)]
     Job(JobCommand),
     /// Print a job's log, optionally following it until the job ends
     Logs(LogsArgs),
+    /// List and download the artifacts jobs uploaded
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
 }
 
 /// `ferryctl pool …`
@@ -133,6 +137,17 @@ pub enum AgentCommand {
     },
     /// Remove an agent; its listener tokens stop working
     Remove {
+        /// The agent's id, as `agent list` shows it
+        agent_id: String,
+    },
+    /// Disable an agent: its listener tokens stop working and it gets no job
+    /// until it is enabled (a job it runs is not interrupted)
+    Disable {
+        /// The agent's id, as `agent list` shows it
+        agent_id: String,
+    },
+    /// Enable a disabled agent again
+    Enable {
         /// The agent's id, as `agent list` shows it
         agent_id: String,
     },
@@ -180,8 +195,24 @@ pub enum JobCommand {
         /// Stream the log until the job ends; the exit code is the job's result
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Pack this directory and upload it as the job's source, unpacked
+        /// into the workspace before the first step (overrides the
+        /// pipeline's `source`)
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
+        /// Pack the source's `.git` directories too (left out by default)
+        #[arg(long)]
+        source_include_git: bool,
     },
-    /// Show a job: state, agent, times, dispatch latency and steps
+    /// Cancel a job: a queued job ends at once, a running one is stopped by its agent
+    Cancel {
+        /// The job's id
+        job_id: String,
+        /// Why, recorded in the job's message
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Show a job: state, agent, times, dispatch latency, tests and steps
     Get {
         /// The job's id
         job_id: String,
@@ -197,6 +228,34 @@ pub enum JobCommand {
         /// At most this many jobs
         #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+    },
+}
+
+/// `ferryctl artifact …`
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// List a job's artifacts: name, size, SHA-256 and when they were stored
+    List {
+        /// The job's id
+        job_id: String,
+    },
+    /// Download an artifact, verifying its size and SHA-256
+    #[command(
+        long_about = "Download an artifact, verifying its size and SHA-256.\n\nThe artifact is written to a temporary file beside the destination and renamed into place only once its size and SHA-256 match what the server announced, so a failed download leaves nothing behind. `-O -` writes it to standard output, again only once it is verified."
+    )]
+    Download {
+        /// The job that uploaded it
+        job_id: String,
+        /// The artifact's name, as `artifact list` shows it
+        name: String,
+        /// Where to write it: a file, a directory to put it in, or `-` for
+        /// standard output [default: the name's last part, in the current
+        /// directory]
+        #[arg(long = "output-file", short = 'O', value_name = "FILE")]
+        output_file: Option<PathBuf>,
+        /// Replace the file if it exists
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -289,6 +348,8 @@ mod tests {
             pool,
             vars,
             follow,
+            source,
+            source_include_git,
         }) = cli.command
         else {
             panic!("not job queue")
@@ -297,6 +358,75 @@ mod tests {
         assert_eq!(pool.as_deref(), Some("p"));
         assert_eq!(vars.len(), 2);
         assert!(follow);
+        assert_eq!((source, source_include_git), (None, false));
+    }
+
+    #[test]
+    fn new_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "ferryctl",
+            "job",
+            "queue",
+            "p.yaml",
+            "--source",
+            "src",
+            "--source-include-git",
+        ])
+        .expect("parse");
+        let Command::Job(JobCommand::Queue {
+            source,
+            source_include_git,
+            ..
+        }) = cli.command
+        else {
+            panic!("not job queue")
+        };
+        assert_eq!(source, Some(PathBuf::from("src")));
+        assert!(source_include_git);
+        let cli = Cli::try_parse_from(["ferryctl", "job", "cancel", "j1", "--reason", "oops"])
+            .expect("parse");
+        let Command::Job(JobCommand::Cancel { job_id, reason }) = cli.command else {
+            panic!("not job cancel")
+        };
+        assert_eq!((job_id.as_str(), reason.as_deref()), ("j1", Some("oops")));
+        for (word, disable) in [("disable", true), ("enable", false)] {
+            let cli = Cli::try_parse_from(["ferryctl", "agent", word, "a1"]).expect("parse");
+            match (cli.command, disable) {
+                (Command::Agent(AgentCommand::Disable { agent_id }), true)
+                | (Command::Agent(AgentCommand::Enable { agent_id }), false) => {
+                    assert_eq!(agent_id, "a1");
+                }
+                (other, _) => panic!("{other:?}"),
+            }
+        }
+        // `-o` stays the output format; the destination is `-O`.
+        let cli = Cli::try_parse_from([
+            "ferryctl",
+            "artifact",
+            "download",
+            "j1",
+            "dist/app.tar",
+            "-O",
+            "-",
+            "-o",
+            "json",
+            "--force",
+        ])
+        .expect("parse");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        let Command::Artifact(ArtifactCommand::Download {
+            job_id,
+            name,
+            output_file,
+            force,
+        }) = cli.command
+        else {
+            panic!("not artifact download")
+        };
+        assert_eq!((job_id.as_str(), name.as_str()), ("j1", "dist/app.tar"));
+        assert_eq!(output_file, Some(PathBuf::from("-")));
+        assert!(force);
+        assert!(Cli::try_parse_from(["ferryctl", "artifact", "list"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use ferry_client::{Authorized, Bearer, ServerAddress};
 use ferry_proto::v1::job_service_client::JobServiceClient;
 use ferry_proto::v1::log_service_client::LogServiceClient;
 use ferry_proto::v1::registration_service_client::RegistrationServiceClient;
+use ferry_proto::v1::resource_service_client::ResourceServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -24,6 +25,19 @@ pub struct Client {
     pub jobs: JobServiceClient<Authorized>,
     /// Logs.
     pub logs: LogServiceClient<Authorized>,
+    /// Sources and artifacts.
+    pub resources: ResourceServiceClient<Authorized>,
+}
+
+/// The resource client (sources, test results and artifacts) with the
+/// bearer credential. Messages are chunks of at most 1 MiB; the limit is
+/// the one the other ferry clients decode.
+///
+/// Built here rather than with `ferry_client` while that crate is being
+/// changed; it is the same client.
+pub fn resources(channel: Channel, bearer: Bearer) -> ResourceServiceClient<Authorized> {
+    ResourceServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(ferry_client::MAX_MESSAGE_SIZE)
 }
 
 impl Client {
@@ -33,7 +47,8 @@ impl Client {
             url: url.into(),
             registration: ferry_client::registration(channel.clone(), bearer.clone()),
             jobs: ferry_client::jobs(channel.clone(), bearer.clone()),
-            logs: ferry_client::logs(channel, bearer),
+            logs: ferry_client::logs(channel.clone(), bearer.clone()),
+            resources: resources(channel, bearer),
         }
     }
 
@@ -66,7 +81,6 @@ impl Client {
 /// One line for a connection failure, with the innermost causes.
 fn connect_error(url: &str, error: &ferry_client::Error) -> anyhow::Error {
     match error {
-        ferry_client::Error::InvalidUrl { .. } => anyhow::anyhow!(error.to_string()),
         ferry_client::Error::Connect { source, .. } => {
             let mut causes: Vec<String> = Vec::new();
             let mut next: Option<&dyn std::error::Error> = source.source();
@@ -82,6 +96,8 @@ fn connect_error(url: &str, error: &ferry_client::Error) -> anyhow::Error {
             }
             anyhow::anyhow!("cannot reach {url}: {}", causes.join(": "))
         }
+        // An invalid URL or proxy setting: the message says which.
+        other => anyhow::anyhow!(other.to_string()),
     }
 }
 

@@ -92,6 +92,35 @@ pub fn short_duration(micros: i64) -> String {
     }
 }
 
+/// A size in bytes for people: `512 B`, `1.5 KiB`, `12.3 MiB`, `2.0 GiB`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Step up while the rounded value would print as 1024.0 or more.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A size in MiB with one decimal, for progress lines: `12.3 MiB`.
+pub fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A test summary: `10 total, 8 passed, 1 failed, 1 skipped`.
+pub fn test_counts(summary: &ferry_proto::v1::TestSummary) -> String {
+    format!(
+        "{} total, {} passed, {} failed, {} skipped",
+        summary.total, summary.passed, summary.failed, summary.skipped
+    )
+}
+
 /// The duration between two optional times, in microseconds.
 pub fn between(start: Option<i64>, end: Option<i64>) -> Option<i64> {
     Some(end?.saturating_sub(start?))
@@ -285,6 +314,32 @@ mod tests {
         assert_eq!(short_duration(-5), "0ms");
         assert_eq!(between(Some(1), Some(5)), Some(4));
         assert_eq!(between(None, Some(5)), None);
+    }
+
+    #[test]
+    fn sizes_are_short() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(12_897_485), "12.3 MiB");
+        assert_eq!(size(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(size(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(mebibytes(0), "0.0 MiB");
+        assert_eq!(mebibytes(12_897_485), "12.3 MiB");
+        assert_eq!(mebibytes(40 * 1024 * 1024), "40.0 MiB");
+        let summary = ferry_proto::v1::TestSummary {
+            total: 10,
+            passed: 8,
+            failed: 1,
+            skipped: 1,
+            failed_tests: vec![],
+            files: 2,
+        };
+        assert_eq!(
+            test_counts(&summary),
+            "10 total, 8 passed, 1 failed, 1 skipped"
+        );
     }
 
     #[test]

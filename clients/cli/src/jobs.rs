@@ -1,20 +1,24 @@
 //! `job` and `logs` commands.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use ferry_proto::time::now_micros;
-use ferry_proto::v1::{Job, JobSpec, JobState, ListJobsRequest, QueueJobRequest, StepStatus};
+use ferry_proto::v1::{
+    CancelJobRequest, Job, JobSpec, JobState, ListJobsRequest, QueueJobRequest, StepStatus,
+};
 
+use crate::archive::{self, PackedSource};
 use crate::cli::{JobCommand, LogsArgs, OutputFormat};
 use crate::client::Client;
 use crate::format::{self, Table};
 use crate::logs::{LogPrinter, get_job, stream_logs};
 use crate::output;
-use crate::pipeline;
-use crate::views::{FinalStateView, JobView};
+use crate::pipeline::{self, Pipeline};
+use crate::resources;
+use crate::views::{CanceledView, FinalStateView, JobView};
 
 /// The exit code for a job's final state: 0 if it succeeded, else 1.
 pub fn exit_code(state: JobState) -> ExitCode {
@@ -26,12 +30,13 @@ pub fn exit_code(state: JobState) -> ExitCode {
 }
 
 /// Reads and parses a pipeline file (`-` for standard input) and applies
-/// `--pool` and `--var`.
+/// `--pool` and `--var`. A relative `source` is resolved against the
+/// pipeline file's directory (the current directory for standard input).
 pub fn load_spec(
     file: &Path,
     pool: Option<&str>,
     vars: &[(String, String)],
-) -> anyhow::Result<JobSpec> {
+) -> anyhow::Result<Pipeline> {
     let yaml = if file == Path::new("-") {
         let mut yaml = String::new();
         std::io::stdin()
@@ -47,9 +52,56 @@ pub fn load_spec(
     } else {
         file.display().to_string()
     };
-    let mut spec = pipeline::parse(&yaml).with_context(|| format!("invalid pipeline {name}"))?;
-    apply_overrides(&mut spec, pool, vars)?;
-    Ok(spec)
+    let mut pipeline = pipeline::parse_pipeline(&yaml, |name| std::env::var(name).ok())
+        .with_context(|| format!("invalid pipeline {name}"))?;
+    apply_overrides(&mut pipeline.spec, pool, vars)?;
+    if file != Path::new("-")
+        && let Some(source) = &mut pipeline.source
+        && source.is_relative()
+    {
+        let base = file.parent().unwrap_or(Path::new(""));
+        *source = base.join(&*source);
+    }
+    Ok(pipeline)
+}
+
+/// A job ready to queue: the spec, and the packed source to upload first.
+/// No `Debug`: the spec holds the secrets.
+pub(crate) struct Prepared {
+    pub(crate) spec: JobSpec,
+    pub(crate) source: Option<(PathBuf, PackedSource)>,
+}
+
+/// Reads the pipeline and packs its source (`--source` wins over the
+/// pipeline's `source`), before any connection is made.
+pub(crate) async fn prepare(
+    file: &Path,
+    pool: Option<&str>,
+    vars: &[(String, String)],
+    source: Option<&Path>,
+    include_git: bool,
+) -> anyhow::Result<Prepared> {
+    let pipeline = load_spec(file, pool, vars)?;
+    let Some(directory) = source.map(Path::to_path_buf).or(pipeline.source) else {
+        return Ok(Prepared {
+            spec: pipeline.spec,
+            source: None,
+        });
+    };
+    let packing = directory.clone();
+    let packed = tokio::task::spawn_blocking(move || archive::pack(&packing, include_git))
+        .await
+        .context("packing the source stopped")??;
+    for skipped in &packed.skipped {
+        output::note(&format!(
+            "source: skipped {}: not a file, directory or symbolic link",
+            skipped.display()
+        ));
+    }
+    Ok(Prepared {
+        spec: pipeline.spec,
+        source: Some((directory, packed)),
+    })
 }
 
 /// Applies `--pool` and `--var` to a parsed pipeline.
@@ -73,17 +125,43 @@ pub fn apply_overrides(
     Ok(())
 }
 
-/// Runs a `job` command; `spec` is the pipeline `job queue` read.
+/// Runs a `job` command; `prepared` is the pipeline (and source) `job
+/// queue` read.
 pub(crate) async fn job(
     client: &mut Client,
     command: JobCommand,
-    spec: Option<JobSpec>,
+    prepared: Option<Prepared>,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     match command {
         JobCommand::Queue { follow, .. } => {
-            let spec = spec.ok_or_else(|| anyhow::anyhow!("no pipeline was read"))?;
+            let Prepared { mut spec, source } =
+                prepared.ok_or_else(|| anyhow::anyhow!("no pipeline was read"))?;
+            if let Some((directory, packed)) = source {
+                spec.source_id = upload(client, &directory, packed, &spec.pool).await?;
+            }
             queue(client, spec, follow, format).await
+        }
+        JobCommand::Cancel { job_id, reason } => {
+            let response = client
+                .jobs
+                .cancel_job(CancelJobRequest {
+                    job_id: job_id.clone(),
+                    reason: reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(|status| client.error(&status))?;
+            let state = response.into_inner().state();
+            match format {
+                OutputFormat::Json => output::json(&CanceledView {
+                    state: format::job_state(state).to_owned(),
+                    job_id,
+                })?,
+                OutputFormat::Table => {
+                    output::text(&format!("{}\n", cancel_summary(&job_id, state)))?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         JobCommand::Get { job_id } => {
             let job = get_job(client, &job_id).await?;
@@ -109,6 +187,58 @@ pub(crate) async fn job(
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Uploads a packed source for jobs of `pool` and returns its id.
+async fn upload(
+    client: &mut Client,
+    directory: &Path,
+    packed: PackedSource,
+    pool: &str,
+) -> anyhow::Result<String> {
+    let (files, size) = (packed.files, packed.size);
+    let name = format!("{}.tar.gz", archive_stem(directory));
+    let response = resources::upload_source(client, packed, pool, &name).await?;
+    output::note(&format!(
+        "uploaded source {} ({} file{}, {}) as {}",
+        directory.display(),
+        files,
+        if files == 1 { "" } else { "s" },
+        format::size(size),
+        response.source_id
+    ));
+    Ok(response.source_id)
+}
+
+/// The archive's name without `.tar.gz`: the directory's name, or `source`.
+fn archive_stem(directory: &Path) -> String {
+    let name = directory
+        .canonicalize()
+        .ok()
+        .and_then(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    if name.is_empty() {
+        "source".to_owned()
+    } else {
+        name
+    }
+}
+
+/// `job cancel`'s line for the state the server answered with.
+pub fn cancel_summary(job_id: &str, state: JobState) -> String {
+    match state {
+        JobState::Canceled => format!("job {job_id} canceled"),
+        JobState::Queued | JobState::Assigned | JobState::Running => {
+            format!("job {job_id}: cancel requested; the agent is stopping it")
+        }
+        JobState::Succeeded | JobState::Failed => {
+            format!("job {job_id} already ended: {}", format::job_state(state))
+        }
+        JobState::Unspecified => format!("job {job_id}: cancel requested"),
     }
 }
 
@@ -313,7 +443,13 @@ pub fn job_details(job: &Job, now: i64) -> String {
     };
     let mut secrets = job.secret_names.clone();
     secrets.sort();
-    let fields = [
+    let attempt = if job.max_attempts > 0 {
+        format!("{}/{}", job.attempt, job.max_attempts)
+    } else {
+        job.attempt.to_string()
+    };
+    let holds_lease = matches!(job.state(), JobState::Assigned | JobState::Running);
+    let mut fields = vec![
         ("id", job.id.clone()),
         ("name", job.name.clone()),
         ("project", job.project.clone()),
@@ -322,13 +458,28 @@ pub fn job_details(job: &Job, now: i64) -> String {
         ("state", format::job_state(job.state()).to_owned()),
         ("message", format::or_dash(&job.message)),
         ("agent", agent),
-        ("attempt", job.attempt.to_string()),
+        ("attempt", attempt),
         ("demands", format::pairs(&job.demands)),
         ("secrets", format::or_dash(&secrets.join(","))),
+        ("source", format::or_dash(&job.source_id)),
         ("queued", time_detail(job.queue_time.as_ref(), now)),
         ("assigned", time_detail(job.assign_time.as_ref(), now)),
         ("started", time_detail(job.start_time.as_ref(), now)),
         ("finished", time_detail(job.finish_time.as_ref(), now)),
+    ];
+    if format::micros(job.cancel_time.as_ref()).is_some() {
+        fields.push((
+            "cancel requested",
+            time_detail(job.cancel_time.as_ref(), now),
+        ));
+    }
+    if holds_lease && format::micros(job.lease_expire_time.as_ref()).is_some() {
+        fields.push((
+            "lease expires",
+            time_detail(job.lease_expire_time.as_ref(), now),
+        ));
+    }
+    fields.extend([
         (
             "dispatch latency",
             format::between(queued, assigned)
@@ -339,7 +490,13 @@ pub fn job_details(job: &Job, now: i64) -> String {
             run_time(job.start_time.as_ref(), job.finish_time.as_ref(), now),
         ),
         ("log lines", job.log_line_count.to_string()),
-    ];
+        (
+            "tests",
+            job.test_summary
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), format::test_counts),
+        ),
+    ]);
     let width = fields.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
     let mut text = String::new();
     for (key, value) in fields {
@@ -348,6 +505,22 @@ pub fn job_details(job: &Job, now: i64) -> String {
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
         text.push_str(&format!("{:<width$} {value}\n", format!("{key}:")));
+    }
+    if let Some(summary) = job.test_summary.as_ref()
+        && !summary.failed_tests.is_empty()
+    {
+        text.push_str("\nfailed tests:\n");
+        for name in &summary.failed_tests {
+            let name: String = name
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            text.push_str(&format!("  {name}\n"));
+        }
+        let unnamed = (summary.failed as usize).saturating_sub(summary.failed_tests.len());
+        if unnamed > 0 {
+            text.push_str(&format!("  … and {unnamed} more\n"));
+        }
     }
     text.push('\n');
     let mut steps = Table::new(&["STEP", "NAME", "STATE", "EXIT", "DURATION"]);

@@ -2,10 +2,12 @@
 //! other programs reuse.
 //!
 //! ferryctl talks to a ferry server over gRPC/TLS with a personal access
-//! token (PAT): it creates and lists pools, lists and removes agents,
-//! manages administrators, queues jobs described by YAML pipeline files
-//! ([`pipeline`], documented in `docs/pipeline-format.md`) and follows their
-//! logs ([`follow_logs`]). The commands are documented in `docs/ferryctl.md`.
+//! token (PAT): it creates and lists pools, lists, disables and removes
+//! agents, manages administrators, queues jobs described by YAML pipeline
+//! files ([`pipeline`], documented in `docs/pipeline-format.md`) with their
+//! source packed by [`archive`], cancels them, follows their logs
+//! ([`follow_logs`]) and downloads their artifacts. The commands are
+//! documented in `docs/ferryctl.md`.
 //!
 //! ```no_run
 //! # async fn demo(client: &mut ferryctl::Client) -> anyhow::Result<()> {
@@ -24,6 +26,7 @@
 //! ```
 
 mod admin;
+pub mod archive;
 mod cli;
 mod client;
 pub mod config;
@@ -32,19 +35,21 @@ mod jobs;
 mod logs;
 mod output;
 pub mod pipeline;
+mod resources;
 pub mod views;
 
 use std::process::ExitCode;
 
 pub use cli::{
-    AdminCommand, AgentCommand, Cli, Command, GlobalArgs, JobCommand, LogsArgs, OutputFormat,
-    PoolCommand, StateFilter,
+    AdminCommand, AgentCommand, ArtifactCommand, Cli, Command, GlobalArgs, JobCommand, LogsArgs,
+    OutputFormat, PoolCommand, StateFilter,
 };
-pub use client::{Client, status_message};
+pub use client::{Client, resources, status_message};
 pub use config::Settings;
 pub use jobs::{exit_code, load_spec};
 pub use logs::{follow_logs, render_line};
 pub use output::is_broken_pipe;
+pub use resources::{CHUNK_SIZE, Destination, destination, progress_line, receive};
 
 /// Runs one invocation: resolves the settings (flags, then `FERRY_*`
 /// environment variables, then the config file), connects and runs the
@@ -52,11 +57,26 @@ pub use output::is_broken_pipe;
 /// failed or was canceled; errors are returned as one readable message.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli { global, command } = cli;
-    // A bad pipeline fails before any connection is made.
-    let spec = match &command {
+    // A bad pipeline, or a source that cannot be packed, fails before any
+    // connection is made.
+    let prepared = match &command {
         Command::Job(JobCommand::Queue {
-            file, pool, vars, ..
-        }) => Some(load_spec(file, pool.as_deref(), vars)?),
+            file,
+            pool,
+            vars,
+            source,
+            source_include_git,
+            ..
+        }) => Some(
+            jobs::prepare(
+                file,
+                pool.as_deref(),
+                vars,
+                source.as_deref(),
+                *source_include_git,
+            )
+            .await?,
+        ),
         _ => None,
     };
     let settings = config::resolve(&global, &|name| std::env::var(name).ok())?;
@@ -66,7 +86,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pool(command) => admin::pool(&mut client, command, format).await,
         Command::Agent(command) => admin::agent(&mut client, command, format).await,
         Command::Admin(command) => admin::admin(&mut client, command, format).await,
-        Command::Job(command) => jobs::job(&mut client, command, spec, format).await,
+        Command::Job(command) => jobs::job(&mut client, command, prepared, format).await,
         Command::Logs(args) => jobs::logs(&mut client, args, format).await,
+        Command::Artifact(command) => resources::artifact(&mut client, command, format).await,
     }
 }

@@ -15,14 +15,17 @@ mod values;
 mod tests;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_proto::time::duration_to_proto;
 use ferry_proto::v1::{JobSpec, StepSpec};
 use serde::Deserialize;
 
-use values::{Demands, EnvMap, Name, Script, SecretSource, Shell, Steps, Timeout};
-pub use values::{is_valid_env_name, parse_duration};
+use values::{
+    Demands, EnvMap, Globs, Name, PathValue, Script, SecretSource, Shell, Steps, Timeout,
+};
+pub use values::{check_glob, is_valid_env_name, parse_duration};
 
 /// The job timeout when the pipeline sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -77,8 +80,37 @@ impl PipelineError {
     }
 }
 
+/// A parsed pipeline: the job to queue and what must be done before. Its
+/// `Debug` shows secrets by name only.
+#[derive(Clone, PartialEq)]
+pub struct Pipeline {
+    /// The job. `source_id` is empty: it is known once the source is
+    /// uploaded.
+    pub spec: JobSpec,
+    /// The `source` directory to pack and upload, as written in the file
+    /// (relative paths are relative to the pipeline file's directory; the
+    /// caller resolves them).
+    pub source: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut secrets: Vec<&String> = self.spec.secrets.keys().collect();
+        secrets.sort();
+        formatter
+            .debug_struct("Pipeline")
+            .field("name", &self.spec.name)
+            .field("pool", &self.spec.pool)
+            .field("secret_names", &secrets)
+            .field("steps", &self.spec.steps.len())
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Parses a pipeline, reading `from-env` secrets from this process's
-/// environment.
+/// environment. The `source` key, which names a directory to upload first,
+/// is only returned by [`parse_pipeline`].
 pub fn parse(yaml: &str) -> Result<JobSpec, PipelineError> {
     parse_with_env(yaml, |name| std::env::var(name).ok())
 }
@@ -89,13 +121,22 @@ pub fn parse_with_env(
     yaml: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<JobSpec, PipelineError> {
+    parse_pipeline(yaml, env).map(|pipeline| pipeline.spec)
+}
+
+/// Parses a pipeline with its `source` directory, reading `from-env`
+/// secrets through `env`.
+pub fn parse_pipeline(
+    yaml: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Pipeline, PipelineError> {
     if yaml.lines().all(|line| {
         line.trim().is_empty() || line.trim_start().starts_with('#') || line.trim() == "---"
     }) {
         return Err(PipelineError::Empty);
     }
     let file: PipelineFile = serde_norway::from_str(yaml)?;
-    file.into_spec(&env)
+    file.into_pipeline(&env)
 }
 
 /// The top level of a pipeline file.
@@ -117,6 +158,11 @@ struct PipelineFile {
     variables: EnvMap<String>,
     #[serde(default)]
     secrets: EnvMap<SecretSource>,
+    source: Option<PathValue>,
+    #[serde(default)]
+    test_results: Globs,
+    #[serde(default)]
+    artifacts: Globs,
     steps: Steps<StepFile>,
 }
 
@@ -140,7 +186,10 @@ struct StepFile {
 }
 
 impl PipelineFile {
-    fn into_spec(self, env: &impl Fn(&str) -> Option<String>) -> Result<JobSpec, PipelineError> {
+    fn into_pipeline(
+        self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Pipeline, PipelineError> {
         let mut secrets = HashMap::with_capacity(self.secrets.0.len());
         for (name, source) in self.secrets.0 {
             if self.variables.0.contains_key(&name) {
@@ -169,7 +218,7 @@ impl PipelineFile {
                 env: step.env.0.into_iter().collect(),
             })
             .collect();
-        Ok(JobSpec {
+        let spec = JobSpec {
             pipeline: self
                 .pipeline
                 .map_or_else(|| name.clone(), |pipeline| pipeline.0),
@@ -187,6 +236,13 @@ impl PipelineFile {
             timeout: Some(duration_to_proto(
                 self.timeout.map_or(DEFAULT_TIMEOUT, |timeout| timeout.0),
             )),
+            source_id: String::new(),
+            test_results: self.test_results.0,
+            artifacts: self.artifacts.0,
+        };
+        Ok(Pipeline {
+            spec,
+            source: self.source.map(|source| source.0),
         })
     }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ferry_proto::v1::{Administrator, Agent, Job, LogLine, Pool, StepStatus};
+use ferry_proto::v1::{
+    Administrator, Agent, BlobInfo, Job, LogLine, Pool, StepStatus, TestSummary,
+};
 use serde::Serialize;
 
 use crate::format;
@@ -57,8 +59,11 @@ pub struct AgentView {
     pub name: String,
     /// Pool name.
     pub pool: String,
-    /// `offline`, `online`, `busy` or `unknown`.
+    /// `offline`, `online`, `busy` or `unknown`: the connection, whether or
+    /// not the agent is disabled.
     pub status: String,
+    /// Whether it is disabled (gets no listener token and no job).
+    pub disabled: bool,
     /// Capabilities it offers.
     pub capabilities: BTreeMap<String, String>,
     /// When it last called the server.
@@ -76,6 +81,7 @@ impl From<&Agent> for AgentView {
             name: agent.name.clone(),
             pool: agent.pool.clone(),
             status: format::agent_status(agent.status()).to_owned(),
+            disabled: agent.disabled,
             capabilities: sorted(&agent.capabilities),
             last_seen_time: time(agent.last_seen_time.as_ref()),
             create_time: time(agent.create_time.as_ref()),
@@ -189,6 +195,10 @@ pub struct JobView {
     pub agent_name: Option<String>,
     /// Attempt number, from 1.
     pub attempt: u32,
+    /// How many attempts it may take; `null` when the server does not say.
+    pub max_attempts: Option<u32>,
+    /// The uploaded source archive's id, if any.
+    pub source_id: Option<String>,
     /// When it was queued.
     pub queue_time: Option<String>,
     /// When it was handed to an agent.
@@ -197,6 +207,10 @@ pub struct JobView {
     pub start_time: Option<String>,
     /// When it ended.
     pub finish_time: Option<String>,
+    /// When a cancellation was asked for.
+    pub cancel_time: Option<String>,
+    /// When the agent's lease ends unless renewed (running jobs).
+    pub lease_expire_time: Option<String>,
     /// Assign time minus queue time.
     pub dispatch_latency_ms: Option<i64>,
     /// Finish time minus start time.
@@ -205,8 +219,40 @@ pub struct JobView {
     pub secret_names: Vec<String>,
     /// Number of log lines stored.
     pub log_line_count: u64,
+    /// The JUnit results its agent uploaded; `null` when none.
+    pub test_summary: Option<TestSummaryView>,
     /// Its steps.
     pub steps: Vec<StepView>,
+}
+
+/// A job's JUnit test results, summed over its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestSummaryView {
+    /// Test cases.
+    pub total: u32,
+    /// Passed.
+    pub passed: u32,
+    /// Failed or errored.
+    pub failed: u32,
+    /// Skipped.
+    pub skipped: u32,
+    /// Files parsed.
+    pub files: u32,
+    /// `suite.name` of each failed case (at most 100).
+    pub failed_tests: Vec<String>,
+}
+
+impl From<&TestSummary> for TestSummaryView {
+    fn from(summary: &TestSummary) -> Self {
+        Self {
+            total: summary.total,
+            passed: summary.passed,
+            failed: summary.failed,
+            skipped: summary.skipped,
+            files: summary.files,
+            failed_tests: summary.failed_tests.clone(),
+        }
+    }
 }
 
 impl From<&Job> for JobView {
@@ -229,17 +275,83 @@ impl From<&Job> for JobView {
             agent_id: non_empty(&job.agent_id),
             agent_name: non_empty(&job.agent_name),
             attempt: job.attempt,
+            max_attempts: (job.max_attempts > 0).then_some(job.max_attempts),
+            source_id: non_empty(&job.source_id),
             queue_time: time(job.queue_time.as_ref()),
             assign_time: time(job.assign_time.as_ref()),
             start_time: time(job.start_time.as_ref()),
             finish_time: time(job.finish_time.as_ref()),
+            cancel_time: time(job.cancel_time.as_ref()),
+            lease_expire_time: time(job.lease_expire_time.as_ref()),
             dispatch_latency_ms: millis(format::between(queued, assigned)),
             duration_ms: millis(format::between(started, finished)),
             secret_names,
             log_line_count: job.log_line_count,
+            test_summary: job.test_summary.as_ref().map(TestSummaryView::from),
             steps: job.steps.iter().map(StepView::from).collect(),
         }
     }
+}
+
+/// `job cancel`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CanceledView {
+    /// Job id.
+    pub job_id: String,
+    /// The job's state after the request: `canceled` at once for a job that
+    /// had not started, else still `assigned` or `running` while its agent
+    /// stops it.
+    pub state: String,
+}
+
+/// An artifact (or any stored blob).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactView {
+    /// Its name: a `/`-separated path relative to the job's workspace.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    /// When it was stored.
+    pub create_time: Option<String>,
+}
+
+impl From<&BlobInfo> for ArtifactView {
+    fn from(info: &BlobInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            size: info.size,
+            sha256: info.sha256.clone(),
+            create_time: time(info.create_time.as_ref()),
+        }
+    }
+}
+
+/// `artifact list`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactListView {
+    /// Job id.
+    pub job_id: String,
+    /// The job's state: until it ends, more artifacts may come.
+    pub job_state: String,
+    /// The artifacts, by name.
+    pub artifacts: Vec<ArtifactView>,
+}
+
+/// `artifact download`'s answer when it wrote a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DownloadedView {
+    /// Job id.
+    pub job_id: String,
+    /// The artifact's name.
+    pub name: String,
+    /// The file written.
+    pub path: String,
+    /// Size in bytes, verified.
+    pub size: u64,
+    /// SHA-256, lowercase hex, verified.
+    pub sha256: String,
 }
 
 /// One log line (`logs --output json` prints one per line).
@@ -317,16 +429,34 @@ mod tests {
             finish_time: Some(timestamp_from_micros(4_500_000)),
             secret_names: vec!["B".into(), "A".into()],
             log_line_count: 7,
+            cancel_time: Some(timestamp_from_micros(4_000_000)),
+            lease_expire_time: None,
+            test_summary: Some(TestSummary {
+                total: 3,
+                passed: 1,
+                failed: 1,
+                skipped: 1,
+                failed_tests: vec!["suite.broken".into()],
+                files: 1,
+            }),
+            source_id: "src-9".into(),
+            max_attempts: 3,
         };
         let json = serde_json::to_value(JobView::from(&job)).expect("json");
         let expected = serde_json::json!({
             "id": "j1", "name": "build", "project": "p", "pipeline": "ci", "pool": "default",
             "state": "succeeded", "message": null, "demands": {"os": "linux"},
-            "agent_id": "a1", "agent_name": "runner", "attempt": 1,
+            "agent_id": "a1", "agent_name": "runner", "attempt": 1, "max_attempts": 3,
+            "source_id": "src-9",
             "queue_time": "1970-01-01T00:00:01.000Z", "assign_time": "1970-01-01T00:00:01.012Z",
             "start_time": "1970-01-01T00:00:03.000Z", "finish_time": "1970-01-01T00:00:04.500Z",
+            "cancel_time": "1970-01-01T00:00:04.000Z", "lease_expire_time": null,
             "dispatch_latency_ms": 12, "duration_ms": 1500,
             "secret_names": ["A", "B"], "log_line_count": 7,
+            "test_summary": {
+                "total": 3, "passed": 1, "failed": 1, "skipped": 1, "files": 1,
+                "failed_tests": ["suite.broken"]
+            },
             "steps": [{
                 "index": 0, "name": "greet", "state": "succeeded", "exit_code": 0,
                 "start_time": "1970-01-01T00:00:03.000Z", "finish_time": "1970-01-01T00:00:04.500Z",
@@ -344,10 +474,77 @@ mod tests {
             (view.queue_time, view.dispatch_latency_ms, view.agent_id),
             (None, None, None)
         );
+        assert_eq!(
+            (view.max_attempts, view.source_id, view.test_summary),
+            (None, None, None)
+        );
+        assert_eq!((view.cancel_time, view.lease_expire_time), (None, None));
         let agent = AgentView::from(&Agent::default());
         assert_eq!(
-            (agent.current_job_id, agent.status.as_str()),
-            (None, "unknown")
+            (agent.current_job_id, agent.status.as_str(), agent.disabled),
+            (None, "unknown", false)
+        );
+    }
+
+    #[test]
+    fn agents_artifacts_and_cancels_have_stable_json_shapes() {
+        let agent = Agent {
+            id: "a1".into(),
+            name: "runner".into(),
+            pool: "linux".into(),
+            status: ferry_proto::v1::AgentStatus::Online as i32,
+            disabled: true,
+            ..Agent::default()
+        };
+        assert_eq!(
+            serde_json::to_value(AgentView::from(&agent)).expect("json"),
+            serde_json::json!({
+                "id": "a1", "name": "runner", "pool": "linux", "status": "online",
+                "disabled": true, "capabilities": {}, "last_seen_time": null,
+                "create_time": null, "current_job_id": null
+            })
+        );
+        let list = ArtifactListView {
+            job_id: "j1".into(),
+            job_state: "running".into(),
+            artifacts: vec![ArtifactView::from(&BlobInfo {
+                name: "dist/app".into(),
+                size: 5,
+                sha256: "ab".repeat(32),
+                create_time: Some(timestamp_from_micros(2_000_000)),
+            })],
+        };
+        assert_eq!(
+            serde_json::to_value(&list).expect("json"),
+            serde_json::json!({
+                "job_id": "j1", "job_state": "running",
+                "artifacts": [{
+                    "name": "dist/app", "size": 5, "sha256": "ab".repeat(32),
+                    "create_time": "1970-01-01T00:00:02.000Z"
+                }]
+            })
+        );
+        let canceled = CanceledView {
+            job_id: "j1".into(),
+            state: "canceled".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&canceled).expect("json"),
+            serde_json::json!({"job_id": "j1", "state": "canceled"})
+        );
+        let downloaded = DownloadedView {
+            job_id: "j1".into(),
+            name: "dist/app".into(),
+            path: "app".into(),
+            size: 5,
+            sha256: "cd".repeat(32),
+        };
+        assert_eq!(
+            serde_json::to_value(&downloaded).expect("json"),
+            serde_json::json!({
+                "job_id": "j1", "name": "dist/app", "path": "app", "size": 5,
+                "sha256": "cd".repeat(32)
+            })
         );
     }
 }

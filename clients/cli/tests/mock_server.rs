@@ -1,6 +1,7 @@
 //! ferryctl against an in-process mock of the ferry services (plaintext
 //! HTTP/2 on a loopback port): log following with a reconnect, `job queue
-//! --follow` exit codes, `job list` paging and gRPC error messages. The
+//! --follow` exit codes, `job list` paging, gRPC error messages, `job
+//! cancel`, source uploads, artifact downloads and `agent disable`. The
 //! end-to-end tests against the real server live in the `tests` crate.
 
 use std::net::SocketAddr;
@@ -11,8 +12,14 @@ use clap::Parser;
 use ferry_client::{Bearer, ServerAddress};
 use ferry_proto::v1::job_service_server::{JobService, JobServiceServer};
 use ferry_proto::v1::log_service_server::{LogService, LogServiceServer};
+use ferry_proto::v1::registration_service_server::{
+    RegistrationService, RegistrationServiceServer,
+};
+use ferry_proto::v1::resource_service_server::{ResourceService, ResourceServiceServer};
 use ferry_proto::v1::*;
+use futures::StreamExt;
 use futures::stream::{self, BoxStream};
+use sha2::{Digest, Sha256};
 use tonic::codegen::async_trait;
 use tonic::{Request, Response, Status};
 
@@ -23,6 +30,27 @@ struct Recorded {
     follow_requests: Vec<(u64, bool)>,
     list_requests: Vec<(u32, String)>,
     queued: Vec<JobSpec>,
+    cancels: Vec<(String, String)>,
+    uploads: Vec<Upload>,
+    agent_updates: Vec<(String, bool)>,
+}
+
+/// One `UploadSource` call as the mock received it.
+#[derive(Clone)]
+struct Upload {
+    header: BlobHeader,
+    pool: String,
+    chunk_sizes: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+/// The artifact `good.bin` of job j1.
+fn artifact_bytes() -> Vec<u8> {
+    (0..300_000u32).map(|n| (n % 251) as u8).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 #[derive(Clone)]
@@ -160,6 +188,38 @@ impl JobService for Mock {
         Err(Status::unimplemented("not in the mock"))
     }
 
+    async fn renew_lease(
+        &self,
+        _: Request<RenewLeaseRequest>,
+    ) -> Result<Response<RenewLeaseResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    /// j1 is queued (canceled at once), j2 running (its agent stops it).
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        check_token(&request)?;
+        let request = request.into_inner();
+        let state = match request.job_id.as_str() {
+            "j1" => JobState::Canceled,
+            "j2" => JobState::Running,
+            "j3" => {
+                return Err(Status::failed_precondition("job j3 already ended"));
+            }
+            other => return Err(Status::not_found(format!("job {other}"))),
+        };
+        self.recorded
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?
+            .cancels
+            .push((request.job_id, request.reason));
+        Ok(Response::new(CancelJobResponse {
+            state: state as i32,
+        }))
+    }
+
     async fn queue_job(
         &self,
         request: Request<QueueJobRequest>,
@@ -227,6 +287,232 @@ impl JobService for Mock {
     }
 }
 
+#[async_trait]
+impl ResourceService for Mock {
+    type DownloadSourceStream = BoxStream<'static, Result<DownloadSourceResponse, Status>>;
+    type DownloadArtifactStream = BoxStream<'static, Result<DownloadArtifactResponse, Status>>;
+
+    /// Checks the header, the chunk sizes, the size and the hash like the
+    /// server does, and keeps what it received.
+    async fn upload_source(
+        &self,
+        request: Request<tonic::Streaming<UploadSourceRequest>>,
+    ) -> Result<Response<UploadSourceResponse>, Status> {
+        check_token(&request)?;
+        let mut messages = request.into_inner();
+        let first = messages
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let Some(upload_source_request::Content::Header(header)) = first.content else {
+            return Err(Status::invalid_argument(
+                "the first message is not a header",
+            ));
+        };
+        let mut upload = Upload {
+            header: header.clone(),
+            pool: first.pool,
+            chunk_sizes: Vec::new(),
+            bytes: Vec::new(),
+        };
+        while let Some(message) = messages.message().await? {
+            match message.content {
+                Some(upload_source_request::Content::Chunk(chunk)) => {
+                    if chunk.len() > 1024 * 1024 {
+                        return Err(Status::invalid_argument("chunk over 1 MiB"));
+                    }
+                    upload.chunk_sizes.push(chunk.len());
+                    upload.bytes.extend_from_slice(&chunk);
+                }
+                _ => return Err(Status::invalid_argument("a second header")),
+            }
+        }
+        if upload.bytes.len() as u64 != header.size {
+            return Err(Status::invalid_argument("size mismatch"));
+        }
+        if sha256_hex(&upload.bytes) != header.sha256 {
+            return Err(Status::invalid_argument("sha256 mismatch"));
+        }
+        self.recorded
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?
+            .uploads
+            .push(upload);
+        Ok(Response::new(UploadSourceResponse {
+            source_id: "src-1".to_owned(),
+            info: Some(BlobInfo {
+                name: header.name,
+                size: header.size,
+                sha256: header.sha256,
+                create_time: None,
+            }),
+        }))
+    }
+
+    async fn download_source(
+        &self,
+        _: Request<DownloadSourceRequest>,
+    ) -> Result<Response<Self::DownloadSourceStream>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn upload_test_results(
+        &self,
+        _: Request<tonic::Streaming<UploadTestResultsRequest>>,
+    ) -> Result<Response<UploadTestResultsResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn upload_artifact(
+        &self,
+        _: Request<tonic::Streaming<UploadArtifactRequest>>,
+    ) -> Result<Response<UploadArtifactResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    /// `dist/good.bin` is served as announced; `dist/bad.bin` is announced
+    /// with the hash of other bytes.
+    async fn download_artifact(
+        &self,
+        request: Request<DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        check_token(&request)?;
+        let request = request.into_inner();
+        let content = artifact_bytes();
+        let sha256 = match request.name.as_str() {
+            "dist/good.bin" => sha256_hex(&content),
+            "dist/bad.bin" => sha256_hex(b"other bytes"),
+            other => return Err(Status::not_found(format!("artifact {other}"))),
+        };
+        let info = DownloadArtifactResponse {
+            content: Some(download_artifact_response::Content::Info(BlobInfo {
+                name: request.name,
+                size: content.len() as u64,
+                sha256,
+                create_time: None,
+            })),
+        };
+        let chunks: Vec<Result<DownloadArtifactResponse, Status>> = content
+            .chunks(64 * 1024)
+            .map(|chunk| {
+                Ok(DownloadArtifactResponse {
+                    content: Some(download_artifact_response::Content::Chunk(chunk.to_vec())),
+                })
+            })
+            .collect();
+        let messages = stream::once(async { Ok(info) }).chain(stream::iter(chunks));
+        Ok(Response::new(Box::pin(messages)))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        check_token(&request)?;
+        let content = artifact_bytes();
+        Ok(Response::new(ListArtifactsResponse {
+            artifacts: vec![BlobInfo {
+                name: "dist/good.bin".to_owned(),
+                size: content.len() as u64,
+                sha256: sha256_hex(&content),
+                create_time: None,
+            }],
+            job_state: JobState::Running as i32,
+        }))
+    }
+}
+
+/// Only `UpdateAgent`: the rest answers UNIMPLEMENTED.
+#[async_trait]
+impl RegistrationService for Mock {
+    async fn register(
+        &self,
+        _: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn create_pool(
+        &self,
+        _: Request<CreatePoolRequest>,
+    ) -> Result<Response<CreatePoolResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn list_pools(
+        &self,
+        _: Request<ListPoolsRequest>,
+    ) -> Result<Response<ListPoolsResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn list_agents(
+        &self,
+        _: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn remove_agent(
+        &self,
+        _: Request<RemoveAgentRequest>,
+    ) -> Result<Response<RemoveAgentResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn update_agent(
+        &self,
+        request: Request<UpdateAgentRequest>,
+    ) -> Result<Response<UpdateAgentResponse>, Status> {
+        check_token(&request)?;
+        let request = request.into_inner();
+        if request.agent_id != "a1" {
+            return Err(Status::not_found(format!("agent {}", request.agent_id)));
+        }
+        self.recorded
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?
+            .agent_updates
+            .push((request.agent_id.clone(), request.disabled));
+        Ok(Response::new(UpdateAgentResponse {
+            agent: Some(Agent {
+                id: request.agent_id,
+                name: "runner".to_owned(),
+                disabled: request.disabled,
+                ..Agent::default()
+            }),
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        _: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn create_administrator(
+        &self,
+        _: Request<CreateAdministratorRequest>,
+    ) -> Result<Response<CreateAdministratorResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn list_administrators(
+        &self,
+        _: Request<ListAdministratorsRequest>,
+    ) -> Result<Response<ListAdministratorsResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn remove_administrator(
+        &self,
+        _: Request<RemoveAdministratorRequest>,
+    ) -> Result<Response<RemoveAdministratorResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+}
+
 async fn start(final_state: JobState) -> (SocketAddr, Arc<Mutex<Recorded>>) {
     let mock = Mock {
         final_state,
@@ -241,6 +527,8 @@ async fn start(final_state: JobState) -> (SocketAddr, Arc<Mutex<Recorded>>) {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(JobServiceServer::new(mock.clone()))
+            .add_service(ResourceServiceServer::new(mock.clone()))
+            .add_service(RegistrationServiceServer::new(mock.clone()))
             .add_service(LogServiceServer::new(mock))
             .serve_with_incoming(incoming),
     );
@@ -370,4 +658,302 @@ async fn grpc_errors_become_one_readable_line() {
         .await
         .expect_err("missing");
     assert_eq!(error.to_string(), "not found: job j9");
+}
+
+#[tokio::test]
+async fn job_cancel_sends_the_reason_and_reports_the_state() {
+    let (address, recorded) = start(JobState::Succeeded).await;
+    let code = run(
+        address,
+        TOKEN,
+        &["job", "cancel", "j1", "--reason", "wrong branch"],
+    )
+    .await
+    .expect("queued job");
+    assert_eq!(code, ExitCode::SUCCESS);
+    let code = run(address, TOKEN, &["-o", "json", "job", "cancel", "j2"])
+        .await
+        .expect("running job");
+    assert_eq!(code, ExitCode::SUCCESS);
+    let cancels = recorded.lock().expect("lock").cancels.clone();
+    assert_eq!(
+        cancels,
+        [
+            ("j1".to_owned(), "wrong branch".to_owned()),
+            ("j2".to_owned(), String::new())
+        ]
+    );
+    let error = run(address, TOKEN, &["job", "cancel", "j3"])
+        .await
+        .expect_err("ended");
+    assert_eq!(error.to_string(), "not possible now: job j3 already ended");
+    let error = run(address, TOKEN, &["job", "cancel", "j9"])
+        .await
+        .expect_err("missing");
+    assert_eq!(error.to_string(), "not found: job j9");
+}
+
+/// Bytes gzip cannot shrink, so that the archive takes several chunks.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn job_queue_uploads_the_source_in_chunks_then_queues_with_its_id() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(app.join("src/nested")).expect("mkdir");
+    std::fs::create_dir_all(app.join(".git")).expect("mkdir");
+    let big = noise(2_500_000, 0x9e37_79b9_7f4a_7c15);
+    std::fs::write(app.join("src/nested/blob.bin"), &big).expect("write");
+    std::fs::write(app.join("build.sh"), "#!/bin/sh\nmake\n").expect("write");
+    std::fs::set_permissions(app.join("build.sh"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(app.join(".git/HEAD"), "ref: refs/heads/main\n").expect("write");
+    let ci = dir.path().join("ci");
+    std::fs::create_dir_all(&ci).expect("mkdir");
+    let pipeline = ci.join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        "name: build\npool: linux\nsource: ../app\n\
+         test-results: [\"target/reports/*.xml\"]\nartifacts: [dist/*.tar.gz, \"logs/**\"]\n\
+         steps:\n  - run: ./build.sh\n",
+    )
+    .expect("write");
+    let pipeline = pipeline.to_string_lossy().into_owned();
+
+    let (address, recorded) = start(JobState::Succeeded).await;
+    let code = run(address, TOKEN, &["job", "queue", &pipeline])
+        .await
+        .expect("run");
+    assert_eq!(code, ExitCode::SUCCESS);
+    let (uploads, queued) = {
+        let recorded = recorded.lock().expect("lock");
+        (recorded.uploads.clone(), recorded.queued.clone())
+    };
+    assert_eq!(uploads.len(), 1);
+    let upload = &uploads[0];
+    assert_eq!(upload.pool, "linux");
+    assert_eq!(upload.header.name, "app.tar.gz");
+    // The chunks reassemble to the announced bytes and hash.
+    assert_eq!(upload.bytes.len() as u64, upload.header.size);
+    assert_eq!(sha256_hex(&upload.bytes), upload.header.sha256);
+    assert!(upload.chunk_sizes.len() >= 3, "{:?}", upload.chunk_sizes);
+    assert!(upload.chunk_sizes.iter().all(|&size| size <= 1024 * 1024));
+    let (last, full) = upload.chunk_sizes.split_last().expect("chunks");
+    assert!(full.iter().all(|&size| size == 1024 * 1024));
+    assert!(*last > 0);
+    // ... and unpack to the tree, without .git.
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&upload.bytes[..]));
+    let mut files = std::collections::BTreeMap::new();
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").to_string_lossy().into_owned();
+        let mode = entry.header().mode().expect("mode");
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).expect("read");
+        files.insert(path.trim_end_matches('/').to_owned(), (mode, content));
+    }
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["build.sh", "src", "src/nested", "src/nested/blob.bin"]
+    );
+    assert_eq!(files["src/nested/blob.bin"].1, big);
+    assert_eq!(files["build.sh"].0, 0o755);
+
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].source_id, "src-1");
+    assert_eq!(queued[0].test_results, ["target/reports/*.xml"]);
+    assert_eq!(queued[0].artifacts, ["dist/*.tar.gz", "logs/**"]);
+
+    // --source wins over the pipeline's key, --source-include-git keeps .git.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join(".git")).expect("mkdir");
+    std::fs::write(other.join(".git/HEAD"), "x").expect("write");
+    let other = other.to_string_lossy().into_owned();
+    let code = run(
+        address,
+        TOKEN,
+        &[
+            "job",
+            "queue",
+            &pipeline,
+            "--source",
+            &other,
+            "--source-include-git",
+        ],
+    )
+    .await
+    .expect("run");
+    assert_eq!(code, ExitCode::SUCCESS);
+    let upload = recorded.lock().expect("lock").uploads[1].clone();
+    assert_eq!(upload.header.name, "other.tar.gz");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&upload.bytes[..]));
+    let names: Vec<String> = archive
+        .entries()
+        .expect("entries")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, [".git", ".git/HEAD"]);
+
+    // A source that cannot be packed fails before anything is sent.
+    std::os::unix::fs::symlink("/etc/passwd", app.join("escape")).expect("symlink");
+    let error = run(address, TOKEN, &["job", "queue", &pipeline])
+        .await
+        .expect_err("escaping link");
+    assert!(
+        format!("{error:#}").contains("symbolic link escape points outside the source directory"),
+        "{error:#}"
+    );
+    assert_eq!(recorded.lock().expect("lock").uploads.len(), 2);
+    assert_eq!(recorded.lock().expect("lock").queued.len(), 2);
+}
+
+#[tokio::test]
+async fn artifact_download_verifies_and_refuses_to_overwrite() {
+    let (address, _) = start(JobState::Succeeded).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("good.bin");
+    let target_arg = target.to_string_lossy().into_owned();
+    let code = run(
+        address,
+        TOKEN,
+        &[
+            "artifact",
+            "download",
+            "j1",
+            "dist/good.bin",
+            "-O",
+            &target_arg,
+        ],
+    )
+    .await
+    .expect("download");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(std::fs::read(&target).expect("read"), artifact_bytes());
+
+    // Into a directory, under the name's last part; not over a file.
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let error = run(
+        address,
+        TOKEN,
+        &[
+            "artifact",
+            "download",
+            "j1",
+            "dist/good.bin",
+            "-O",
+            &dir_arg,
+        ],
+    )
+    .await
+    .expect_err("exists");
+    assert_eq!(
+        error.to_string(),
+        format!("{} exists: pass --force to replace it", target.display())
+    );
+    std::fs::write(&target, "old").expect("write");
+    let code = run(
+        address,
+        TOKEN,
+        &[
+            "-o",
+            "json",
+            "artifact",
+            "download",
+            "j1",
+            "dist/good.bin",
+            "-O",
+            &dir_arg,
+            "--force",
+        ],
+    )
+    .await
+    .expect("forced");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(std::fs::read(&target).expect("read"), artifact_bytes());
+
+    // A bad checksum is refused and leaves nothing behind.
+    let bad = dir.path().join("bad.bin");
+    let bad_arg = bad.to_string_lossy().into_owned();
+    let error = run(
+        address,
+        TOKEN,
+        &["artifact", "download", "j1", "dist/bad.bin", "-O", &bad_arg],
+    )
+    .await
+    .expect_err("bad checksum");
+    assert!(
+        error
+            .to_string()
+            .starts_with("artifact dist/bad.bin failed verification"),
+        "{error}"
+    );
+    assert!(!bad.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("good.bin")]);
+    let error = run(
+        address,
+        TOKEN,
+        &["artifact", "download", "j1", "dist/bad.bin", "-O", "-"],
+    )
+    .await
+    .expect_err("bad checksum to stdout");
+    assert!(error.to_string().contains("failed verification"), "{error}");
+
+    let error = run(
+        address,
+        TOKEN,
+        &["artifact", "download", "j1", "dist/none", "-O", &bad_arg],
+    )
+    .await
+    .expect_err("missing");
+    assert_eq!(error.to_string(), "not found: artifact dist/none");
+    let code = run(address, TOKEN, &["artifact", "list", "j1"])
+        .await
+        .expect("list");
+    assert_eq!(code, ExitCode::SUCCESS);
+}
+
+#[tokio::test]
+async fn agents_are_disabled_and_enabled() {
+    let (address, recorded) = start(JobState::Succeeded).await;
+    for args in [
+        &["agent", "disable", "a1"][..],
+        &["-o", "json", "agent", "enable", "a1"][..],
+    ] {
+        assert_eq!(
+            run(address, TOKEN, args).await.expect("run"),
+            ExitCode::SUCCESS
+        );
+    }
+    let updates = recorded.lock().expect("lock").agent_updates.clone();
+    assert_eq!(updates, [("a1".to_owned(), true), ("a1".to_owned(), false)]);
+    let error = run(address, TOKEN, &["agent", "disable", "a9"])
+        .await
+        .expect_err("missing");
+    assert_eq!(error.to_string(), "not found: agent a9");
 }

@@ -2,6 +2,12 @@
 //! and the benchmarks: a TLS channel to a server (or gateway) URL, a bearer
 //! credential that can be swapped while calls are in flight, and the typed
 //! service clients wrapped with it.
+//!
+//! Connections honour the usual proxy variables (see [`proxy`]):
+//! `HTTPS_PROXY` for `https://` servers, `HTTP_PROXY` for `http://` ones,
+//! `NO_PROXY` for hosts to reach directly.
+
+pub mod proxy;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -9,11 +15,14 @@ use std::time::Duration;
 use ferry_proto::v1::job_service_client::JobServiceClient;
 use ferry_proto::v1::log_service_client::LogServiceClient;
 use ferry_proto::v1::registration_service_client::RegistrationServiceClient;
+use ferry_proto::v1::resource_service_client::ResourceServiceClient;
 use ferry_proto::v1::token_service_client::TokenServiceClient;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+pub use proxy::{NoProxy, Proxy, ProxyConnector, ProxySettings};
 
 /// What can go wrong reaching a server.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,12 @@ pub enum Error {
         /// Why.
         source: tonic::transport::Error,
     },
+    /// The proxy settings are not usable.
+    #[error("invalid proxy setting {reason}")]
+    Proxy {
+        /// Which variable, and why.
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
@@ -49,6 +64,9 @@ pub struct ServerAddress {
     pub ca_certificate_pem: Option<String>,
     /// How long to wait for the TCP and TLS handshake.
     pub connect_timeout: Duration,
+    /// Which proxy to go through: the environment's (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `NO_PROXY`) when `None`.
+    pub proxy: Option<ProxySettings>,
 }
 
 impl ServerAddress {
@@ -58,7 +76,29 @@ impl ServerAddress {
             url: url.into(),
             ca_certificate_pem,
             connect_timeout: Duration::from_secs(10),
+            proxy: None,
         }
+    }
+
+    /// The same address with explicit proxy settings instead of the
+    /// environment's.
+    pub fn with_proxy(mut self, proxy: ProxySettings) -> Self {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// The proxy the connection goes through, if any (`Display` shows
+    /// `host:port` only, never credentials).
+    pub fn proxy(&self) -> Result<Option<Proxy>> {
+        let uri: http::Uri = self.url.parse().map_err(|_| Error::InvalidUrl {
+            url: self.url.clone(),
+            reason: "not a URL".to_owned(),
+        })?;
+        let settings = match &self.proxy {
+            Some(settings) => settings.clone(),
+            None => ProxySettings::from_env().map_err(|reason| Error::Proxy { reason })?,
+        };
+        Ok(settings.proxy_for(&uri).cloned())
     }
 
     fn endpoint(&self) -> Result<Endpoint> {
@@ -95,19 +135,29 @@ impl ServerAddress {
     /// Connects now, failing if the server cannot be reached.
     pub async fn connect(&self) -> Result<Channel> {
         ferry_tls::install_crypto_provider();
-        self.endpoint()?
-            .connect()
-            .await
-            .map_err(|source| Error::Connect {
-                url: self.url.clone(),
-                source,
-            })
+        let endpoint = self.endpoint()?;
+        let connected = match self.proxy()? {
+            Some(proxy) => {
+                endpoint
+                    .connect_with_connector(ProxyConnector::new(proxy))
+                    .await
+            }
+            None => endpoint.connect().await,
+        };
+        connected.map_err(|source| Error::Connect {
+            url: self.url.clone(),
+            source,
+        })
     }
 
     /// A channel that connects on first use and reconnects by itself.
     pub fn connect_lazy(&self) -> Result<Channel> {
         ferry_tls::install_crypto_provider();
-        Ok(self.endpoint()?.connect_lazy())
+        let endpoint = self.endpoint()?;
+        Ok(match self.proxy()? {
+            Some(proxy) => endpoint.connect_with_connector_lazy(ProxyConnector::new(proxy)),
+            None => endpoint.connect_lazy(),
+        })
     }
 }
 
@@ -197,6 +247,15 @@ pub fn jobs(channel: Channel, bearer: Bearer) -> JobServiceClient<Authorized> {
 pub fn logs(channel: Channel, bearer: Bearer) -> LogServiceClient<Authorized> {
     LogServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(MAX_MESSAGE_SIZE)
 }
+
+/// The resource client: sources, test results and artifacts.
+pub fn resources(channel: Channel, bearer: Bearer) -> ResourceServiceClient<Authorized> {
+    ResourceServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+#[cfg(test)]
+mod proxy_tests;
 
 #[cfg(test)]
 mod tests {

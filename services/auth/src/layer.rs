@@ -33,6 +33,9 @@ pub enum Requirement {
     Listener,
     /// A job token.
     Job,
+    /// An administrator's PAT or a job token (reading a pipeline's
+    /// artifacts): the token's shape says which is checked.
+    AdministratorOrJob,
 }
 
 /// Per-method requirements. Methods of a `ferry.` service that are not
@@ -145,6 +148,7 @@ impl Authenticator {
             return Err(Status::unauthenticated(match requirement {
                 Requirement::Administrator => "this call needs an administrator's PAT",
                 Requirement::Listener => "this call needs a listener token",
+                Requirement::AdministratorOrJob => "this call needs a PAT or a job token",
                 _ => "this call needs a job token",
             }));
         };
@@ -153,6 +157,10 @@ impl Authenticator {
             Requirement::Administrator => self.administrator(token).await.map(Some),
             Requirement::Listener => self.listener(token).map(Some),
             Requirement::Job => self.job(token).map(Some),
+            Requirement::AdministratorOrJob if pat::looks_like_pat(token) => {
+                self.administrator(token).await.map(Some)
+            }
+            Requirement::AdministratorOrJob => self.job(token).map(Some),
         }
     }
 
@@ -198,13 +206,15 @@ impl Authenticator {
             claims.agent_id,
             claims.project,
             claims.pipeline,
+            claims.attempt,
         ) {
-            (Some(job_id), Some(agent_id), Some(project), Some(pipeline)) => {
+            (Some(job_id), Some(agent_id), Some(project), Some(pipeline), Some(attempt)) => {
                 Ok(Principal::Job(JobIdentity {
                     job_id,
                     agent_id,
                     project,
                     pipeline,
+                    attempt,
                     scopes,
                 }))
             }
@@ -349,6 +359,7 @@ mod tests {
                 job_id: None,
                 project: None,
                 pipeline: None,
+                attempt: None,
             })
             .expect("sign");
 

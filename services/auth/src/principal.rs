@@ -53,6 +53,8 @@ pub struct JobIdentity {
     pub project: String,
     /// The pipeline.
     pub pipeline: String,
+    /// The job's attempt the token was issued for (fencing).
+    pub attempt: u32,
     /// Granted permissions (scope values).
     pub scopes: Vec<String>,
 }

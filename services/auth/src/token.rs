@@ -85,6 +85,10 @@ pub struct Claims {
     /// The pipeline (job tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
+    /// The job's attempt this token is for (job tokens): the fencing token
+    /// that makes a stale agent's writes fail after a requeue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 impl fmt::Debug for Claims {
@@ -312,6 +316,7 @@ mod tests {
             job_id: None,
             project: None,
             pipeline: None,
+            attempt: None,
         }
     }
 

@@ -1,14 +1,16 @@
-//! Job events that one service raises and another waits on: new log lines
-//! (log followers wake up), a job's end (followers finish). In the embedded
-//! default every service shares one [`JobEvents`] in memory.
+//! Events one service raises and another waits on: new log lines (log
+//! followers wake up), a job's end (followers finish), a cancellation (the
+//! agent's log stream is told at once), an agent's removal (its waiting long
+//! polls end at once). In the embedded default every service shares one
+//! [`Events`] in memory.
 
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-/// Something that happened to a job.
+/// Something that happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEvent {
+pub enum Event {
     /// Lines up to this sequence are stored.
     LogsAppended {
         /// The job.
@@ -17,34 +19,47 @@ pub enum JobEvent {
         sequence: u64,
     },
     /// The job reached a final state.
-    Finished {
+    JobFinished {
         /// The job.
         job_id: Arc<str>,
     },
+    /// Someone asked to cancel the running job.
+    CancelRequested {
+        /// The job.
+        job_id: Arc<str>,
+    },
+    /// The agent was removed or disabled: its listener tokens are void.
+    AgentRevoked {
+        /// The agent.
+        agent_id: Arc<str>,
+    },
 }
 
-impl JobEvent {
-    /// The job this event is about.
-    pub fn job_id(&self) -> &str {
+impl Event {
+    /// The job this event is about, if it is about a job.
+    pub fn job_id(&self) -> Option<&str> {
         match self {
-            JobEvent::LogsAppended { job_id, .. } | JobEvent::Finished { job_id } => job_id,
+            Event::LogsAppended { job_id, .. }
+            | Event::JobFinished { job_id }
+            | Event::CancelRequested { job_id } => Some(job_id),
+            Event::AgentRevoked { .. } => None,
         }
     }
 }
 
-/// A fan-out of [`JobEvent`]s. Clones share the channel.
+/// A fan-out of [`Event`]s. Clones share the channel.
 #[derive(Debug, Clone)]
-pub struct JobEvents {
-    sender: broadcast::Sender<JobEvent>,
+pub struct Events {
+    sender: broadcast::Sender<Event>,
 }
 
-impl Default for JobEvents {
+impl Default for Events {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl JobEvents {
+impl Events {
     /// A channel buffering up to 4096 events per slow subscriber (a
     /// subscriber that lags further re-reads the store: nothing is lost).
     pub fn new() -> Self {
@@ -53,12 +68,12 @@ impl JobEvents {
     }
 
     /// Raises an event; nobody listening is fine.
-    pub fn publish(&self, event: JobEvent) {
+    pub fn publish(&self, event: Event) {
         let _ = self.sender.send(event);
     }
 
     /// Listens for events raised from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.sender.subscribe()
     }
 }

@@ -4,7 +4,7 @@
 //! - [`Error`]: the one error type of service domain code, mapped to a
 //!   `tonic::Status` in exactly one place;
 //! - [`validate`]: checks on names, environment variable names and sizes;
-//! - [`events`]: job events raised by one service and awaited by another;
+//! - [`events`]: events raised by one service and awaited by another;
 //! - [`sealed`]: moving envelopes in and out of `ferry.v1.SealedEnvelope`;
 //! - [`status_layer`]: the tower layer that reports oversized requests as
 //!   RESOURCE_EXHAUSTED, as gRPC specifies.
@@ -17,5 +17,5 @@ pub mod validate;
 mod error;
 
 pub use error::{Error, Result, from_stream};
-pub use events::{JobEvent, JobEvents};
+pub use events::{Event, Events};
 pub use status_layer::StatusLayer;

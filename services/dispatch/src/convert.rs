@@ -1,7 +1,7 @@
 //! Store values to their wire form.
 
 use ferry_proto::time::timestamp_from_micros;
-use ferry_proto::v1::{Job, JobState, StepState, StepStatus};
+use ferry_proto::v1::{Job, JobState, StepState, StepStatus, TestSummary};
 use ferry_service::Result;
 use ferry_store::Store;
 
@@ -50,8 +50,8 @@ pub async fn job(store: &Store, job: ferry_store::Job, pool: &str) -> Result<Job
             .unwrap_or_default(),
         None => String::new(),
     };
-    let message = if job.message.is_empty() && job.state == ferry_store::JobState::Queued {
-        "waiting for an agent whose capabilities meet the job's demands".to_owned()
+    let message = if job.state == ferry_store::JobState::Queued {
+        waiting_reason(store, &job, pool).await?
     } else {
         job.message
     };
@@ -85,5 +85,49 @@ pub async fn job(store: &Store, job: ferry_store::Job, pool: &str) -> Result<Job
         finish_time: job.finished_at.map(timestamp_from_micros),
         secret_names: job.secret_names,
         log_line_count: job.log_sequence,
+        cancel_time: job.cancel_requested_at.map(timestamp_from_micros),
+        lease_expire_time: job.lease_expires_at.map(timestamp_from_micros),
+        test_summary: job.test_summary.map(|summary| TestSummary {
+            total: summary.total,
+            passed: summary.passed,
+            failed: summary.failed,
+            skipped: summary.skipped,
+            failed_tests: summary.failed_tests,
+            files: summary.files,
+        }),
+        source_id: job.source_id.unwrap_or_default(),
+        max_attempts: job.max_attempts,
+    })
+}
+
+/// Why a queued job waits: no agent of the pool can ever run it, or all
+/// that can are busy or offline.
+async fn waiting_reason(store: &Store, job: &ferry_store::Job, pool: &str) -> Result<String> {
+    let prefix = if job.message.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", job.message)
+    };
+    let capable = store
+        .list_agents(Some(&job.pool_id))
+        .await?
+        .into_iter()
+        .filter(|agent| {
+            !agent.disabled && ferry_store::demands_met(&job.demands, &agent.capabilities)
+        })
+        .count();
+    let demands = if job.demands.is_empty() {
+        "no demands".to_owned()
+    } else {
+        job.demands
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(if capable == 0 {
+        format!("{prefix}no enabled agent in pool {pool:?} offers what the job demands ({demands})")
+    } else {
+        format!("{prefix}waiting for one of {capable} capable agents to be free ({demands})")
     })
 }

@@ -4,9 +4,10 @@ use ferry_auth::{Requirement, principal};
 use ferry_proto::time::duration_from_proto;
 use ferry_proto::v1::job_service_server::{JobService, JobServiceServer};
 use ferry_proto::v1::{
-    CompleteJobRequest, CompleteJobResponse, GetJobRequest, GetJobResponse, ListJobsRequest,
-    ListJobsResponse, PollJobRequest, PollJobResponse, QueueJobRequest, QueueJobResponse,
-    ReportStepRequest, ReportStepResponse,
+    CancelJobRequest, CancelJobResponse, CompleteJobRequest, CompleteJobResponse, GetJobRequest,
+    GetJobResponse, ListJobsRequest, ListJobsResponse, PollJobRequest, PollJobResponse,
+    QueueJobRequest, QueueJobResponse, RenewLeaseRequest, RenewLeaseResponse, ReportStepRequest,
+    ReportStepResponse,
 };
 use ferry_service::Error;
 use tonic::{Request, Response, Status};
@@ -21,6 +22,8 @@ pub const AUTH: &[(&str, Requirement)] = &[
     ("/ferry.v1.JobService/QueueJob", Requirement::Administrator),
     ("/ferry.v1.JobService/GetJob", Requirement::Administrator),
     ("/ferry.v1.JobService/ListJobs", Requirement::Administrator),
+    ("/ferry.v1.JobService/RenewLease", Requirement::Job),
+    ("/ferry.v1.JobService/CancelJob", Requirement::Administrator),
 ];
 
 /// Largest request: a queued job's spec (1 MiB) with room for framing.
@@ -94,6 +97,26 @@ impl JobService for Dispatcher {
         let caller = principal::administrator(&request)?.clone();
         Ok(Response::new(
             Dispatcher::list_jobs(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<RenewLeaseRequest>,
+    ) -> Result<Response<RenewLeaseResponse>, Status> {
+        let caller = principal::job(&request)?;
+        Ok(Response::new(
+            Dispatcher::renew_lease(self, caller, &request.get_ref().job_id).await?,
+        ))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        let caller = principal::administrator(&request)?.clone();
+        Ok(Response::new(
+            Dispatcher::cancel_job(self, &caller, request.into_inner()).await?,
         ))
     }
 }

@@ -8,24 +8,23 @@
 //! [`grpc`] is the thin tonic adapter.
 
 pub mod grpc;
+pub mod lifecycle;
 pub mod queue;
 pub mod spec;
 
 mod convert;
+mod listing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_auth::token::{Audience, Claims, TokenSigner, scope};
-use ferry_auth::{AdministratorIdentity, AgentIdentity, JobIdentity};
+use ferry_auth::{AdministratorIdentity, AgentIdentity};
 use ferry_envelope::{PublicKey, SealerCache, job_context};
 use ferry_proto::time::{duration_to_proto, now_micros, timestamp_from_micros};
-use ferry_proto::v1::{
-    AgentJob, CompleteJobRequest, CompleteJobResponse, Job, JobResult, JobSpec, JobState,
-    ListJobsRequest, ListJobsResponse, PollJobResponse, ReportStepRequest, StepState,
-};
-use ferry_service::{Error, JobEvent, JobEvents, Result, sealed, validate};
+use ferry_proto::v1::{AgentJob, Job, JobSpec, PollJobResponse};
+use ferry_service::{Error, Event, Events, Result, sealed, validate};
 use ferry_store::Store;
 use prost::Message;
 
@@ -38,8 +37,19 @@ pub struct DispatchConfig {
     pub default_wait: Duration,
     /// Longest wait a poll may ask for.
     pub max_wait: Duration,
-    /// How long a job token outlives the job's timeout.
-    pub job_token_grace: Duration,
+    /// How long an agent holds a job without renewing; its job token lives
+    /// twice as long and is renewed with the lease.
+    pub lease_duration: Duration,
+    /// How often the reaper looks for lapsed leases, timeouts and
+    /// unconfirmed cancels.
+    pub reap_interval: Duration,
+    /// How long past its timeout a job may run before the server fails it
+    /// (the agent enforces the timeout itself; this is the backstop).
+    pub timeout_grace: Duration,
+    /// How long an agent has to confirm a cancel before the server ends the job.
+    pub cancel_grace: Duration,
+    /// Attempts a job may take when agents vanish before it starts.
+    pub max_attempts: u32,
 }
 
 impl Default for DispatchConfig {
@@ -47,7 +57,11 @@ impl Default for DispatchConfig {
         Self {
             default_wait: Duration::from_secs(50),
             max_wait: Duration::from_secs(120),
-            job_token_grace: Duration::from_secs(15 * 60),
+            lease_duration: Duration::from_secs(30),
+            reap_interval: Duration::from_secs(1),
+            timeout_grace: Duration::from_secs(120),
+            cancel_grace: Duration::from_secs(60),
+            max_attempts: 3,
         }
     }
 }
@@ -70,7 +84,7 @@ struct Inner {
     store: Store,
     signer: Arc<TokenSigner>,
     sealers: Arc<SealerCache>,
-    events: JobEvents,
+    events: Events,
     hand_off: HandOff,
     config: DispatchConfig,
     /// When each agent's status was last written, to write it only on change
@@ -95,7 +109,7 @@ impl Dispatcher {
         store: Store,
         signer: Arc<TokenSigner>,
         sealers: Arc<SealerCache>,
-        events: JobEvents,
+        events: Events,
         config: DispatchConfig,
     ) -> Result<Self> {
         let (returns_sender, mut returns) = tokio::sync::mpsc::unbounded_channel();
@@ -137,7 +151,29 @@ impl Dispatcher {
                 returner.give_back(returned).await;
             }
         });
+        dispatcher.spawn_revocations();
+        dispatcher.spawn_reaper();
         Ok(dispatcher)
+    }
+
+    /// Ends the waiting polls of agents that were removed or disabled, so
+    /// their listener tokens stop working at once.
+    fn spawn_revocations(&self) {
+        let mut events = self.inner.events.subscribe();
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                if let Event::AgentRevoked { agent_id } = event {
+                    inner.hand_off.withdraw_agent(&agent_id);
+                }
+            }
+        });
     }
 
     /// Releases a job handed to a poll that vanished, and offers it again.
@@ -208,6 +244,20 @@ impl Dispatcher {
                 caller.name, pool.name
             )));
         }
+        let source_id = if spec.source_id.is_empty() {
+            None
+        } else {
+            validate::id("source_id", &spec.source_id)?;
+            let source = self
+                .store()
+                .source(&spec.source_id)
+                .await?
+                .filter(|source| source.pool_id == pool.id)
+                .ok_or_else(|| {
+                    Error::NotFound(format!("source {} not found in this pool", spec.source_id))
+                })?;
+            Some(source.id)
+        };
         let demands = validate::ordered(spec.demands.clone());
         let mut secret_names: Vec<String> = spec.secrets.keys().cloned().collect();
         secret_names.sort();
@@ -225,6 +275,8 @@ impl Dispatcher {
                 spec: spec.encode_to_vec(),
                 timeout_seconds: timeout.as_secs() as i64,
                 queued_at: now_micros(),
+                source_id: source_id.clone(),
+                max_attempts: self.inner.config.max_attempts,
             })
             .await?;
         tracing::info!(job_id = %job.id, pool = %pool.name, name = %job.name, by = %caller.name, "job queued");
@@ -248,11 +300,7 @@ impl Dispatcher {
                 return Ok(());
             };
             let agent_id = taken.agent_id.clone();
-            if !self
-                .store()
-                .claim_job(&job.id, &agent_id, now_micros())
-                .await?
-            {
+            if !self.claim(&job.id, &agent_id).await? {
                 return Ok(()); // another replica's agent has it
             }
             match taken.send(job.clone()) {
@@ -285,11 +333,7 @@ impl Dispatcher {
                 .poll(&agent.pool_id, &agent.id, agent.capabilities.clone())
             {
                 Found::Job(job) => {
-                    if self
-                        .store()
-                        .claim_job(&job.id, &agent.id, now_micros())
-                        .await?
-                    {
+                    if self.claim(&job.id, &agent.id).await? {
                         break job;
                     }
                     // Claimed by another replica's agent: look again.
@@ -297,8 +341,12 @@ impl Dispatcher {
                 Found::Waiting(mut registration) => {
                     match tokio::time::timeout_at(deadline, &mut registration.receiver).await {
                         Ok(Ok(job)) => break job,
-                        // Picked, but the claim went elsewhere: look again.
-                        Ok(Err(_)) => continue,
+                        // Picked but the claim went elsewhere, or the agent
+                        // was revoked: check the agent and look again.
+                        Ok(Err(_)) => {
+                            self.polling_agent(caller).await?;
+                            continue;
+                        }
                         // A job may have been handed over just as the wait ended.
                         Err(_elapsed) => match registration.withdraw() {
                             Some(job) => break job,
@@ -329,29 +377,15 @@ impl Dispatcher {
             .ok_or_else(|| Error::Internal(format!("claimed job {job_id} vanished")))?;
         let spec = JobSpec::decode(self.store().job_spec(job_id).await?.as_slice())
             .map_err(|_| Error::Internal(format!("stored spec of job {job_id} does not decode")))?;
-        let now = now_micros() / 1_000_000;
         let timeout = Duration::from_secs(job.timeout_seconds.max(0) as u64);
-        let expires = now + (timeout + self.inner.config.job_token_grace).as_secs() as i64;
-        let claims = Claims {
-            iss: String::new(),
-            sub: format!("job:{job_id}"),
-            aud: Audience::Job.as_str().to_owned(),
-            exp: expires,
-            iat: now,
-            jti: uuid::Uuid::new_v4().to_string(),
-            client_id: agent.id.clone(),
-            scope: [scope::JOB_LOGS, scope::JOB_STATUS, scope::JOB_RESOURCES].join(" "),
-            pool_id: Some(agent.pool_id.clone()),
-            agent_id: Some(agent.id.clone()),
-            job_id: Some(job_id.to_owned()),
-            project: Some(job.project.clone()),
-            pipeline: Some(job.pipeline.clone()),
-        };
-        let job_token = self
-            .inner
-            .signer
-            .sign(&claims)
-            .map_err(|error| Error::Internal(error.to_string()))?;
+        let (job_token, expires) = self.sign_job_token(
+            job_id,
+            &agent.id,
+            &agent.pool_id,
+            &job.project,
+            &job.pipeline,
+            job.attempt,
+        )?;
         let payload = AgentJob {
             job_id: job_id.to_owned(),
             name: spec.name,
@@ -364,6 +398,10 @@ impl Dispatcher {
             job_token,
             job_token_expire_time: Some(timestamp_from_micros(expires * 1_000_000)),
             timeout: Some(duration_to_proto(timeout)),
+            source_id: job.source_id.clone().unwrap_or_default(),
+            test_results: spec.test_results,
+            artifacts: spec.artifacts,
+            lease_duration: Some(duration_to_proto(self.inner.config.lease_duration)),
         };
         let envelope = self.inner.sealers.seal(
             &agent.public_key,
@@ -379,6 +417,53 @@ impl Dispatcher {
         })
     }
 
+    /// Claims a queued job for an agent, with a fresh lease.
+    async fn claim(&self, job_id: &str, agent_id: &str) -> Result<bool> {
+        let now = now_micros();
+        let lease = self.inner.config.lease_duration.as_micros() as i64;
+        Ok(self
+            .store()
+            .claim_job(job_id, agent_id, now, now + lease)
+            .await?)
+    }
+
+    /// Signs a job token for one attempt of a job; it lives two leases and
+    /// is renewed with the lease. Returns it with its expiry (seconds).
+    pub(crate) fn sign_job_token(
+        &self,
+        job_id: &str,
+        agent_id: &str,
+        pool_id: &str,
+        project: &str,
+        pipeline: &str,
+        attempt: u32,
+    ) -> Result<(String, i64)> {
+        let now = now_micros() / 1_000_000;
+        let expires = now + 2 * self.inner.config.lease_duration.as_secs().max(1) as i64;
+        let claims = Claims {
+            iss: String::new(),
+            sub: format!("job:{job_id}"),
+            aud: Audience::Job.as_str().to_owned(),
+            exp: expires,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: agent_id.to_owned(),
+            scope: [scope::JOB_LOGS, scope::JOB_STATUS, scope::JOB_RESOURCES].join(" "),
+            pool_id: Some(pool_id.to_owned()),
+            agent_id: Some(agent_id.to_owned()),
+            job_id: Some(job_id.to_owned()),
+            project: Some(project.to_owned()),
+            pipeline: Some(pipeline.to_owned()),
+            attempt: Some(attempt),
+        };
+        let token = self
+            .inner
+            .signer
+            .sign(&claims)
+            .map_err(|error| Error::Internal(error.to_string()))?;
+        Ok((token, expires))
+    }
+
     async fn polling_agent(&self, caller: &AgentIdentity) -> Result<PollingAgent> {
         let agent = self
             .store()
@@ -390,175 +475,14 @@ impl Dispatcher {
                 "this agent moved to another pool".to_owned(),
             ));
         }
+        if agent.disabled {
+            return Err(Error::Unauthenticated("this agent is disabled".to_owned()));
+        }
         Ok(PollingAgent {
             public_key: PublicKey::from_slice(&agent.public_key)?,
             capabilities: Arc::new(agent.capabilities),
             pool_id: agent.pool_id,
             id: agent.id,
-        })
-    }
-}
-
-fn step_state(state: StepState) -> Result<ferry_store::StepState> {
-    Ok(match state {
-        StepState::Running => ferry_store::StepState::Running,
-        StepState::Succeeded => ferry_store::StepState::Succeeded,
-        StepState::Failed => ferry_store::StepState::Failed,
-        StepState::Skipped => ferry_store::StepState::Skipped,
-        StepState::Canceled => ferry_store::StepState::Canceled,
-        StepState::Pending | StepState::Unspecified => {
-            return Err(Error::InvalidArgument(
-                "state must be running, succeeded, failed, skipped or canceled".to_owned(),
-            ));
-        }
-    })
-}
-
-impl Dispatcher {
-    /// Records a step's progress reported by the agent running the job.
-    pub async fn report_step(
-        &self,
-        caller: &JobIdentity,
-        request: ReportStepRequest,
-    ) -> Result<()> {
-        caller
-            .require_job(&request.job_id)
-            .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
-        let state = step_state(StepState::try_from(request.state).unwrap_or_default())?;
-        if state != ferry_store::StepState::Running
-            && request.exit_code.is_none()
-            && state != ferry_store::StepState::Skipped
-            && state != ferry_store::StepState::Canceled
-        {
-            return Err(Error::InvalidArgument(
-                "a finished step needs its exit_code".to_owned(),
-            ));
-        }
-        self.store()
-            .update_step(
-                &request.job_id,
-                &caller.agent_id,
-                request.index,
-                state,
-                request.exit_code,
-                now_micros(),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Records the job's result; its token is dead from now on (every
-    /// service refuses a job token whose job has ended).
-    pub async fn complete_job(
-        &self,
-        caller: &JobIdentity,
-        request: CompleteJobRequest,
-    ) -> Result<CompleteJobResponse> {
-        caller
-            .require_job(&request.job_id)
-            .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
-        let state = match JobResult::try_from(request.result).unwrap_or_default() {
-            JobResult::Succeeded => ferry_store::JobState::Succeeded,
-            JobResult::Failed => ferry_store::JobState::Failed,
-            JobResult::Canceled => ferry_store::JobState::Canceled,
-            JobResult::Unspecified => {
-                return Err(Error::InvalidArgument(
-                    "result must be succeeded, failed or canceled".to_owned(),
-                ));
-            }
-        };
-        validate::max_len("message", &request.message, 4096)?;
-        let job = self
-            .store()
-            .complete_job(
-                &request.job_id,
-                &caller.agent_id,
-                state,
-                &request.message,
-                now_micros(),
-            )
-            .await?;
-        tracing::info!(job_id = %job.id, agent_id = %caller.agent_id, state = %job.state, "job completed");
-        self.inner.events.publish(JobEvent::Finished {
-            job_id: job.id.as_str().into(),
-        });
-        self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None)
-            .await;
-        Ok(CompleteJobResponse {
-            state: convert::job_state(job.state).into(),
-        })
-    }
-
-    /// One job, if the caller administers its pool.
-    pub async fn get_job(&self, caller: &AdministratorIdentity, job_id: &str) -> Result<Job> {
-        validate::id("job_id", job_id)?;
-        let job = self
-            .store()
-            .job(job_id)
-            .await?
-            .filter(|job| caller.administers(&job.pool_id))
-            .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
-        let pool = self
-            .store()
-            .pool_by_id(&job.pool_id)
-            .await?
-            .map(|pool| pool.name)
-            .unwrap_or_default();
-        convert::job(self.store(), job, &pool).await
-    }
-
-    /// Jobs of the pools the caller administers, newest first.
-    pub async fn list_jobs(
-        &self,
-        caller: &AdministratorIdentity,
-        request: ListJobsRequest,
-    ) -> Result<ListJobsResponse> {
-        let pools: HashMap<String, String> = self
-            .store()
-            .list_pools()
-            .await?
-            .into_iter()
-            .filter(|pool| caller.administers(&pool.id))
-            .map(|pool| (pool.id, pool.name))
-            .collect();
-        let pool_ids = if request.pool.is_empty() {
-            pools.keys().cloned().collect()
-        } else {
-            let id = pools
-                .iter()
-                .find(|(_, name)| **name == request.pool)
-                .map(|(id, _)| id.clone())
-                .ok_or_else(|| Error::NotFound(format!("pool {:?} not found", request.pool)))?;
-            vec![id]
-        };
-        if !request.page_token.is_empty() {
-            validate::id("page_token", &request.page_token)?;
-        }
-        let state = match JobState::try_from(request.state).unwrap_or_default() {
-            JobState::Unspecified => None,
-            other => Some(convert::store_job_state(other)),
-        };
-        let limit = match request.page_size {
-            0 => 50,
-            size => u64::from(size.min(1000)),
-        };
-        let (jobs, next) = self
-            .store()
-            .list_jobs(ferry_store::JobFilter {
-                pool_ids: Some(pool_ids),
-                state,
-                limit,
-                after_id: (!request.page_token.is_empty()).then_some(request.page_token),
-            })
-            .await?;
-        let mut listed = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let pool = pools.get(&job.pool_id).cloned().unwrap_or_default();
-            listed.push(convert::job(self.store(), job, &pool).await?);
-        }
-        Ok(ListJobsResponse {
-            jobs: listed,
-            next_page_token: next.unwrap_or_default(),
         })
     }
 }

@@ -229,6 +229,15 @@ impl HandOff {
         })
     }
 
+    /// Ends every waiting poll of an agent (removed or disabled): their
+    /// receivers see the sender dropped and re-check the agent.
+    pub fn withdraw_agent(&self, agent_id: &str) {
+        let mut state = self.lock();
+        for pool in state.pools.values_mut() {
+            pool.waiters.retain(|waiter| waiter.agent_id != agent_id);
+        }
+    }
+
     /// Forgets a job (canceled, or found claimed elsewhere).
     pub fn remove(&self, pool_id: &str, job_id: &str) {
         let mut state = self.lock();
@@ -330,6 +339,27 @@ mod tests {
             panic!("alive waits");
         };
         assert_eq!(taken.agent_id, "alive");
+    }
+
+    #[test]
+    fn withdrawing_an_agent_ends_its_polls_only() {
+        let hand_off = HandOff::default();
+        let Found::Waiting(mut revoked) = hand_off.poll("p", "revoked", caps(&[])) else {
+            panic!("nothing is queued");
+        };
+        let Found::Waiting(mut kept) = hand_off.poll("p", "kept", caps(&[])) else {
+            panic!("nothing is queued");
+        };
+        hand_off.withdraw_agent("revoked");
+        assert!(matches!(
+            revoked.receiver.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(matches!(
+            kept.receiver.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        assert_eq!(hand_off.depth("p"), (0, 1));
     }
 
     #[test]

@@ -24,8 +24,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Tokens and agents.
     pub tokens: TokenConfig,
-    /// Long polls.
+    /// Long polls, leases, timeouts.
     pub dispatch: DispatchSection,
+    /// Source, test result and artifact size limits.
+    pub resources: ResourcesSection,
 }
 
 /// The certificate the public port serves.
@@ -56,6 +58,58 @@ pub struct DispatchSection {
     /// Longest wait a long poll may ask for.
     #[serde(with = "humantime_serde")]
     pub max_poll_wait: Duration,
+    /// How long an agent holds a job without renewing (it renews at a third).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often lapsed leases, timeouts and unconfirmed cancels are reaped.
+    #[serde(with = "humantime_serde")]
+    pub reap_interval: Duration,
+    /// How long past its timeout a job may run before the server fails it.
+    #[serde(with = "humantime_serde")]
+    pub timeout_grace: Duration,
+    /// How long an agent has to confirm a cancel.
+    #[serde(with = "humantime_serde")]
+    pub cancel_grace: Duration,
+    /// Attempts a job may take when its agent vanishes before a step starts.
+    pub max_attempts: u32,
+}
+
+/// Resource size limits, in bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ResourcesSection {
+    /// Largest source archive.
+    pub max_source_bytes: u64,
+    /// Largest artifact.
+    pub max_artifact_bytes: u64,
+    /// Most artifact bytes per job.
+    pub max_job_artifact_bytes: u64,
+    /// Largest JUnit report.
+    pub max_test_report_bytes: u64,
+}
+
+impl Default for ResourcesSection {
+    fn default() -> Self {
+        let limits = ferry_resources::Limits::default();
+        Self {
+            max_source_bytes: limits.source_bytes,
+            max_artifact_bytes: limits.artifact_bytes,
+            max_job_artifact_bytes: limits.job_artifact_bytes,
+            max_test_report_bytes: limits.test_report_bytes,
+        }
+    }
+}
+
+impl ResourcesSection {
+    /// The limits the resource service enforces.
+    pub fn limits(&self) -> ferry_resources::Limits {
+        ferry_resources::Limits {
+            source_bytes: self.max_source_bytes,
+            artifact_bytes: self.max_artifact_bytes,
+            job_artifact_bytes: self.max_job_artifact_bytes,
+            test_report_bytes: self.max_test_report_bytes,
+        }
+    }
 }
 
 impl Default for Config {
@@ -67,6 +121,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             tokens: TokenConfig::default(),
             dispatch: DispatchSection::default(),
+            resources: ResourcesSection::default(),
         }
     }
 }
@@ -82,8 +137,14 @@ impl Default for TokenConfig {
 
 impl Default for DispatchSection {
     fn default() -> Self {
+        let defaults = ferry_dispatch::DispatchConfig::default();
         Self {
-            max_poll_wait: Duration::from_secs(120),
+            max_poll_wait: defaults.max_wait,
+            lease: defaults.lease_duration,
+            reap_interval: defaults.reap_interval,
+            timeout_grace: defaults.timeout_grace,
+            cancel_grace: defaults.cancel_grace,
+            max_attempts: defaults.max_attempts,
         }
     }
 }

@@ -11,7 +11,9 @@ use ferry_dispatch::{DispatchConfig, Dispatcher};
 use ferry_envelope::{Sealer, SealerCache};
 use ferry_logs::Logs;
 use ferry_registry::Registry;
-use ferry_service::{JobEvents, StatusLayer};
+use ferry_resources::Resources;
+use ferry_resources::blob::FsBlobStore;
+use ferry_service::{Events, StatusLayer};
 use ferry_store::Store;
 use ferry_tokens::Tokens;
 use futures::future::BoxFuture;
@@ -120,8 +122,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Sealer::new(material.envelope_key),
         SEALER_CACHE_CAPACITY,
     ));
-    let events = JobEvents::new();
-    let registry = Registry::new(store.clone(), sealers.public_key());
+    let events = Events::new();
+    let registry = Registry::new(store.clone(), sealers.public_key(), events.clone());
     let tokens = Tokens::new(
         store.clone(),
         signer.clone(),
@@ -135,17 +137,26 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         events.clone(),
         DispatchConfig {
             max_wait: config.dispatch.max_poll_wait,
+            lease_duration: config.dispatch.lease,
+            reap_interval: config.dispatch.reap_interval,
+            timeout_grace: config.dispatch.timeout_grace,
+            cancel_grace: config.dispatch.cancel_grace,
+            max_attempts: config.dispatch.max_attempts,
             ..DispatchConfig::default()
         },
     )
     .await?;
     let logs = Logs::new(store.clone(), events);
+    let blobs = FsBlobStore::new(config.data_dir.join("blobs"))
+        .context("cannot create the blob directory")?;
+    let resources = Resources::new(store.clone(), Arc::new(blobs), config.resources.limits());
 
     let policy = Policy::new()
         .with(ferry_registry::grpc::AUTH)
         .with(ferry_tokens::AUTH)
         .with(ferry_dispatch::grpc::AUTH)
-        .with(ferry_logs::grpc::AUTH);
+        .with(ferry_logs::grpc::AUTH)
+        .with(ferry_resources::grpc::AUTH);
     let authenticator = Authenticator::new(
         policy,
         signer.verifier(),
@@ -190,7 +201,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .add_service(ferry_registry::grpc::server(registry))
         .add_service(ferry_tokens::server(tokens))
         .add_service(ferry_dispatch::grpc::server(dispatcher))
-        .add_service(ferry_logs::grpc::server(logs));
+        .add_service(ferry_logs::grpc::server(logs))
+        .add_service(ferry_resources::grpc::server(resources));
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_signal.await;
     }));

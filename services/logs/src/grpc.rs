@@ -5,8 +5,11 @@ use ferry_proto::v1::log_service_server::{LogService, LogServiceServer};
 use ferry_proto::v1::{
     FollowLogsRequest, FollowLogsResponse, StreamLogsRequest, StreamLogsResponse,
 };
+use ferry_service::Event;
 use ferry_service::from_stream;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -48,19 +51,53 @@ impl LogService for Logs {
             .map_err(from_stream)?
             .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
         let mut ingest = self.ingest(&caller, &first.job_id).await?;
-        let job_id = first.job_id.clone();
+        let mut events = self.subscribe();
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(async move {
+            let job_id = ingest.job_id().to_owned();
             let mut pending = Some(first);
+            let mut cancel_sent = false;
             loop {
+                if ingest.cancel_requested() && !cancel_sent {
+                    cancel_sent = true;
+                    let cancel = StreamLogsResponse {
+                        acked_sequence: ingest.acked(),
+                        cancel_requested: true,
+                    };
+                    if sender.send(Ok(cancel)).await.is_err() {
+                        break;
+                    }
+                }
                 let message = match pending.take() {
                     Some(message) => message,
-                    None => match inbound.message().await {
-                        Ok(Some(message)) => message,
-                        Ok(None) => break,
-                        Err(status) => {
-                            let _ = sender.send(Err(from_stream(status))).await;
-                            break;
+                    None => tokio::select! {
+                        next = inbound.next() => match next {
+                            Some(Ok(message)) => message,
+                            None => break,
+                            Some(Err(status)) => {
+                                let _ = sender.send(Err(from_stream(status))).await;
+                                break;
+                            }
+                        },
+                        event = events.recv() => {
+                            // Tell the agent of a cancel at once, on the
+                            // stream it already holds.
+                            let canceled = match event {
+                                Ok(Event::CancelRequested { job_id: canceled }) => *canceled == *job_id,
+                                Ok(_) | Err(RecvError::Lagged(_)) => false,
+                                Err(RecvError::Closed) => break,
+                            };
+                            if canceled && !cancel_sent {
+                                cancel_sent = true;
+                                let cancel = StreamLogsResponse {
+                                    acked_sequence: ingest.acked(),
+                                    cancel_requested: true,
+                                };
+                                if sender.send(Ok(cancel)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            continue;
                         }
                     },
                 };
@@ -75,7 +112,10 @@ impl LogService for Logs {
                 let reply = ingest
                     .append(message.lines)
                     .await
-                    .map(|acked_sequence| StreamLogsResponse { acked_sequence })
+                    .map(|acked_sequence| StreamLogsResponse {
+                        acked_sequence,
+                        cancel_requested: cancel_sent,
+                    })
                     .map_err(Status::from);
                 let failed = reply.is_err();
                 if sender.send(reply).await.is_err() || failed {

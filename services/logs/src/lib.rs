@@ -5,7 +5,7 @@
 //! batch is one store transaction that appends only the lines above the
 //! job's log sequence, so resent lines after a reconnect are dropped and a
 //! gap is refused. The answer is a cumulative ack. Followers
-//! ([`Logs::follow`]) read stored batches and wake on [`JobEvents`] for new
+//! ([`Logs::follow`]) read stored batches and wake on [`Events`] for new
 //! lines and the job's end.
 
 pub mod grpc;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ferry_auth::{AdministratorIdentity, JobIdentity};
 use ferry_proto::v1::{FollowLogsResponse, JobState, LogLine};
-use ferry_service::{Error, JobEvent, JobEvents, Result, validate};
+use ferry_service::{Error, Event, Events, Result, validate};
 use ferry_store::Store;
 use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
@@ -42,7 +42,7 @@ struct StoredLines {
 #[derive(Debug, Clone)]
 pub struct Logs {
     store: Store,
-    events: JobEvents,
+    events: Events,
 }
 
 /// The stream of a job's log, from ingest's point of view.
@@ -50,12 +50,15 @@ pub struct Logs {
 pub struct Ingest {
     logs: Logs,
     job_id: Arc<str>,
+    agent_id: String,
+    attempt: u32,
     acked: u64,
+    cancel_requested: bool,
 }
 
 impl Logs {
     /// A log service over `store`, raising and awaiting `events`.
-    pub fn new(store: Store, events: JobEvents) -> Self {
+    pub fn new(store: Store, events: Events) -> Self {
         Self { store, events }
     }
 
@@ -73,7 +76,10 @@ impl Logs {
             .job(job_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
-        if job.state.is_terminal() || job.agent_id.as_deref() != Some(caller.agent_id.as_str()) {
+        if job.state.is_terminal()
+            || job.agent_id.as_deref() != Some(caller.agent_id.as_str())
+            || job.attempt != caller.attempt
+        {
             return Err(Error::Unauthenticated(
                 "the job has ended or moved: its token is revoked".to_owned(),
             ));
@@ -81,15 +87,33 @@ impl Logs {
         Ok(Ingest {
             logs: self.clone(),
             job_id: job_id.into(),
+            agent_id: caller.agent_id.clone(),
+            attempt: caller.attempt,
             acked: job.log_sequence,
+            cancel_requested: job.cancel_requested_at.is_some(),
         })
+    }
+
+    /// Listens for events (cancellation of the ingested job).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 }
 
 impl Ingest {
-    /// The job's stored sequence when the stream opened (the first ack).
+    /// The job's stored sequence: what is acked so far.
     pub fn acked(&self) -> u64 {
         self.acked
+    }
+
+    /// The job being ingested.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// Whether the job had a cancel request when the stream opened.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested
     }
 
     /// Stores the lines above the ack; returns the new cumulative ack.
@@ -129,9 +153,18 @@ impl Ingest {
         self.acked = self
             .logs
             .store
-            .append_log_batch(&self.job_id, first, last, blob)
+            .append_log_batch(
+                &self.job_id,
+                ferry_store::Holder {
+                    agent_id: &self.agent_id,
+                    attempt: self.attempt,
+                },
+                first,
+                last,
+                blob,
+            )
             .await?;
-        self.logs.events.publish(JobEvent::LogsAppended {
+        self.logs.events.publish(Event::LogsAppended {
             job_id: self.job_id.clone(),
             sequence: self.acked,
         });
@@ -189,7 +222,7 @@ impl Logs {
         mut next: u64,
         follow: bool,
         sender: &mpsc::Sender<std::result::Result<FollowLogsResponse, tonic::Status>>,
-        events: &mut tokio::sync::broadcast::Receiver<JobEvent>,
+        events: &mut tokio::sync::broadcast::Receiver<Event>,
     ) -> Result<()> {
         loop {
             // Read the state before the lines: if it is final, no line can
@@ -246,7 +279,7 @@ impl Logs {
             let wait = async {
                 loop {
                     match events.recv().await {
-                        Ok(event) if event.job_id() == job_id => return,
+                        Ok(event) if event.job_id() == Some(job_id) => return,
                         Ok(_) => {}
                         Err(RecvError::Lagged(_)) => return,
                         Err(RecvError::Closed) => {

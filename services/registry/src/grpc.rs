@@ -6,16 +6,17 @@ use ferry_proto::v1::registration_service_server::{
 };
 use ferry_proto::v1::{
     CreateAdministratorRequest, CreateAdministratorResponse, CreatePoolRequest, CreatePoolResponse,
-    ListAdministratorsRequest, ListAdministratorsResponse, ListAgentsRequest, ListAgentsResponse,
-    ListPoolsRequest, ListPoolsResponse, RegisterRequest, RegisterResponse,
-    RemoveAdministratorRequest, RemoveAdministratorResponse, RemoveAgentRequest,
-    RemoveAgentResponse,
+    DeregisterRequest, DeregisterResponse, ListAdministratorsRequest, ListAdministratorsResponse,
+    ListAgentsRequest, ListAgentsResponse, ListPoolsRequest, ListPoolsResponse, RegisterRequest,
+    RegisterResponse, RemoveAdministratorRequest, RemoveAdministratorResponse, RemoveAgentRequest,
+    RemoveAgentResponse, UpdateAgentRequest, UpdateAgentResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::Registry;
 
-/// What each method needs: every call here is an administrator's.
+/// What each method needs: every call here is an administrator's, except an
+/// agent deregistering itself.
 pub const AUTH: &[(&str, Requirement)] = &[
     (
         "/ferry.v1.RegistrationService/Register",
@@ -36,6 +37,14 @@ pub const AUTH: &[(&str, Requirement)] = &[
     (
         "/ferry.v1.RegistrationService/RemoveAgent",
         Requirement::Administrator,
+    ),
+    (
+        "/ferry.v1.RegistrationService/UpdateAgent",
+        Requirement::Administrator,
+    ),
+    (
+        "/ferry.v1.RegistrationService/Deregister",
+        Requirement::Listener,
     ),
     (
         "/ferry.v1.RegistrationService/CreateAdministrator",
@@ -135,5 +144,24 @@ impl RegistrationService for Registry {
         let caller = principal::administrator(&request)?;
         Registry::remove_administrator(self, caller, &request.get_ref().administrator_id).await?;
         Ok(Response::new(RemoveAdministratorResponse {}))
+    }
+
+    async fn update_agent(
+        &self,
+        request: Request<UpdateAgentRequest>,
+    ) -> Result<Response<UpdateAgentResponse>, Status> {
+        let caller = principal::administrator(&request)?.clone();
+        Ok(Response::new(
+            Registry::update_agent(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        let caller = principal::agent(&request)?;
+        Registry::deregister(self, caller).await?;
+        Ok(Response::new(DeregisterResponse {}))
     }
 }

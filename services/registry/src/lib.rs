@@ -8,15 +8,16 @@ pub mod grpc;
 
 use std::collections::BTreeMap;
 
-use ferry_auth::AdministratorIdentity;
+use ferry_auth::{AdministratorIdentity, AgentIdentity};
 use ferry_envelope::{PublicKey, Sealer};
 use ferry_proto::time::{now_micros, timestamp_from_micros};
 use ferry_proto::v1::{
     Administrator, Agent, AgentStatus, CreateAdministratorRequest, CreateAdministratorResponse,
     CreatePoolRequest, CreatePoolResponse, ListAdministratorsResponse, ListAgentsRequest,
     ListAgentsResponse, ListPoolsResponse, Pool, RegisterRequest, RegisterResponse,
+    UpdateAgentRequest, UpdateAgentResponse,
 };
-use ferry_service::{Error, Result, validate};
+use ferry_service::{Error, Event, Events, Result, validate};
 use ferry_store::Store;
 
 /// An agent not seen for this long is shown offline (a long poll lasts at
@@ -31,6 +32,7 @@ pub const MAX_CAPABILITIES: usize = 64;
 pub struct Registry {
     store: Store,
     server_public_key: PublicKey,
+    events: Events,
 }
 
 fn pool_to_proto(pool: ferry_store::Pool) -> Pool {
@@ -52,12 +54,20 @@ fn require_owner(caller: &AdministratorIdentity) -> Result<()> {
 }
 
 impl Registry {
-    /// A registry over `store`, handing out `server_public_key` at registration.
-    pub fn new(store: Store, server_public_key: PublicKey) -> Self {
+    /// A registry over `store`, handing out `server_public_key` at
+    /// registration and raising agent revocations on `events`.
+    pub fn new(store: Store, server_public_key: PublicKey, events: Events) -> Self {
         Self {
             store,
             server_public_key,
+            events,
         }
+    }
+
+    fn revoke(&self, agent_id: &str) {
+        self.events.publish(Event::AgentRevoked {
+            agent_id: agent_id.into(),
+        });
     }
 
     async fn pool_administered(
@@ -199,7 +209,44 @@ impl Registry {
             .filter(|agent| caller.administers(&agent.pool_id))
             .ok_or_else(|| Error::NotFound(format!("agent {agent_id} not found")))?;
         self.store.remove_agent(&agent.id).await?;
+        self.revoke(&agent.id);
         tracing::info!(agent_id = %agent.id, agent = %agent.name, administrator = %caller.name, "agent removed");
+        Ok(())
+    }
+
+    /// Enables or disables an agent of a pool the caller administers; a
+    /// disabled agent's waiting polls end at once.
+    pub async fn update_agent(
+        &self,
+        caller: &AdministratorIdentity,
+        request: UpdateAgentRequest,
+    ) -> Result<UpdateAgentResponse> {
+        validate::id("agent_id", &request.agent_id)?;
+        let agent = self
+            .store
+            .agent(&request.agent_id)
+            .await?
+            .filter(|agent| caller.administers(&agent.pool_id))
+            .ok_or_else(|| Error::NotFound(format!("agent {} not found", request.agent_id)))?;
+        let agent = self
+            .store
+            .set_agent_disabled(&agent.id, request.disabled)
+            .await?;
+        if agent.disabled {
+            self.revoke(&agent.id);
+        }
+        tracing::info!(agent_id = %agent.id, disabled = agent.disabled, administrator = %caller.name, "agent updated");
+        let pools = self.pool_names().await?;
+        Ok(UpdateAgentResponse {
+            agent: Some(agent_to_proto(agent, &pools, now_micros())),
+        })
+    }
+
+    /// Removes the calling agent itself (an ephemeral agent after its job).
+    pub async fn deregister(&self, caller: &AgentIdentity) -> Result<()> {
+        self.store.remove_agent(&caller.agent_id).await?;
+        self.revoke(&caller.agent_id);
+        tracing::info!(agent_id = %caller.agent_id, "agent deregistered itself");
         Ok(())
     }
 
@@ -324,5 +371,6 @@ fn agent_to_proto(agent: ferry_store::Agent, pools: &BTreeMap<String, String>, n
         last_seen_time: Some(timestamp_from_micros(agent.last_seen_at)),
         create_time: Some(timestamp_from_micros(agent.created_at)),
         current_job_id: agent.current_job_id.unwrap_or_default(),
+        disabled: agent.disabled,
     }
 }

@@ -22,6 +22,7 @@ impl TryFrom<agent::Model> for Agent {
             name: m.name,
             public_key: m.public_key,
             current_job_id: m.current_job_id,
+            disabled: m.disabled,
             created_at: m.created_at,
             last_seen_at: m.last_seen_at,
         })
@@ -43,6 +44,7 @@ impl Store {
             capabilities: new.capabilities,
             status: AgentStatus::Offline,
             current_job_id: None,
+            disabled: false,
             created_at: now,
             last_seen_at: now,
         };
@@ -66,6 +68,7 @@ impl Store {
             capabilities: Set(capabilities),
             status: Set(created.status.as_str().to_owned()),
             current_job_id: Set(None),
+            disabled: Set(false),
             created_at: Set(now),
             last_seen_at: Set(now),
         })
@@ -137,5 +140,22 @@ impl Store {
             return Err(Error::NotFound("agent".to_owned()));
         }
         Ok(())
+    }
+
+    /// Disables or enables an agent and returns it. A disabled agent gets
+    /// no listener token and no job (the services enforce that). `NotFound`
+    /// when there is no such agent.
+    pub async fn set_agent_disabled(&self, id: &str, disabled: bool) -> Result<Agent> {
+        let updated = agent::Entity::update_many()
+            .col_expr(agent::Column::Disabled, Expr::value(disabled))
+            .filter(agent::Column::Id.eq(id))
+            .exec(self.db())
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(Error::NotFound("agent".to_owned()));
+        }
+        self.agent(id)
+            .await?
+            .ok_or_else(|| Error::NotFound("agent".to_owned()))
     }
 }

@@ -1,28 +1,24 @@
 //! Progress reports from the agent holding a job: step updates and the
 //! final state.
 //!
-//! Each call is one short write transaction that starts with a guarded
-//! `UPDATE jobs ... WHERE id = ? AND agent_id = ? AND state IN ('assigned',
-//! 'running')`. That update both checks the precondition and locks the job
-//! row (PostgreSQL row lock; SQLite's write lock is taken by `BEGIN
-//! IMMEDIATE`), so nothing can change the job between the check and the
-//! writes that follow.
+//! Each call is one short write transaction that starts with the holder's
+//! guarded `UPDATE jobs` (see `crate::hold`), so nothing can change the job
+//! between the check and the writes that follow.
 
-use sea_orm::sea_query::{Expr, Func};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::entity::{job, job_step};
 use crate::error::{Error, Result};
+use crate::hold::{close_steps, held_by, hold_job, not_held};
 use crate::jobs::load_job;
-use crate::store::{Store, parse_state};
-use crate::types::{Job, JobState, StepState};
-
-const ACTIVE: [&str; 2] = ["assigned", "running"];
+use crate::store::Store;
+use crate::types::{Holder, Job, JobState, StepState};
 
 impl Store {
     /// Records step progress from the agent holding the job. The job must
-    /// be `Assigned` or `Running` and assigned to `agent_id`, else
-    /// `Conflict` (`NotFound` when the job or the step does not exist).
+    /// be `Assigned` or `Running` and held by `holder`, else `Conflict`
+    /// (`NotFound` when the job or the step does not exist).
     ///
     /// `Running` sets the step's `started_at` (first report wins) and moves
     /// an `Assigned` job to `Running` with `started_at = now`. Final step
@@ -30,7 +26,7 @@ impl Store {
     pub async fn update_step(
         &self,
         job_id: &str,
-        agent_id: &str,
+        holder: Holder<'_>,
         index: u32,
         state: StepState,
         exit_code: Option<i32>,
@@ -42,13 +38,12 @@ impl Store {
             job::Entity::update_many()
                 .col_expr(job::Column::State, Expr::value(JobState::Running.as_str()))
                 .col_expr(job::Column::StartedAt, Expr::value(Some(now)))
-                .filter(job::Column::Id.eq(job_id))
-                .filter(job::Column::AgentId.eq(agent_id))
+                .filter(held_by(job_id, holder))
                 .filter(job::Column::State.eq(JobState::Assigned.as_str()))
                 .exec(&txn)
                 .await?;
         }
-        hold_job(&txn, job_id, agent_id).await?;
+        hold_job(&txn, job_id, holder).await?;
 
         let mut update = job_step::Entity::update_many()
             .col_expr(job_step::Column::State, Expr::value(state.as_str()));
@@ -75,17 +70,19 @@ impl Store {
     }
 
     /// Records the final state from the agent holding the job and returns
-    /// the finished job. The job must be `Assigned` or `Running` and
-    /// assigned to `agent_id`, else `Conflict` (`NotFound` when it does not
-    /// exist); `state` must be final, else `Invalid`.
+    /// the finished job. The job must be `Assigned` or `Running` and held
+    /// by `holder`, else `Conflict` (`NotFound` when it does not exist);
+    /// `state` must be final, else `Invalid`.
     ///
-    /// Sets `finished_at` and `message`; steps still `Pending` become
-    /// `Skipped`, steps still `Running` take the job's final state
-    /// (succeeded, failed or canceled) with `finished_at = now`.
+    /// Sets `finished_at` and `message` and clears the lease; steps still
+    /// `Pending` become `Skipped`, steps still `Running` take the job's
+    /// final state (succeeded, failed or canceled) with `finished_at = now`.
+    /// The agent's state stands even when a cancel was requested; an empty
+    /// `message` then keeps the cancel's reason.
     pub async fn complete_job(
         &self,
         job_id: &str,
-        agent_id: &str,
+        holder: Holder<'_>,
         state: JobState,
         message: &str,
         now: i64,
@@ -98,80 +95,34 @@ impl Store {
                 return Err(Error::Invalid(format!("a job cannot complete as {state}")));
             }
         };
+        let new_message: Expr = if message.is_empty() {
+            CaseStatement::new()
+                .case(
+                    Expr::col(job::Column::CancelRequestedAt).is_not_null(),
+                    Expr::col(job::Column::Message),
+                )
+                .finally(Expr::value(message))
+                .into()
+        } else {
+            Expr::value(message)
+        };
         let txn = self.begin_write().await?;
         let finished = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(state.as_str()))
-            .col_expr(job::Column::Message, Expr::value(message))
+            .col_expr(job::Column::Message, new_message)
             .col_expr(job::Column::FinishedAt, Expr::value(Some(now)))
-            .filter(job::Column::Id.eq(job_id))
-            .filter(job::Column::AgentId.eq(agent_id))
-            .filter(job::Column::State.is_in(ACTIVE))
+            .col_expr(job::Column::LeaseExpiresAt, Expr::value(None::<i64>))
+            .filter(held_by(job_id, holder))
             .exec(&txn)
             .await?;
         if finished.rows_affected == 0 {
-            return Err(not_held(&txn, job_id).await);
+            return Err(not_held(&txn, job_id, holder).await);
         }
-        job_step::Entity::update_many()
-            .col_expr(
-                job_step::Column::State,
-                Expr::value(StepState::Skipped.as_str()),
-            )
-            .filter(job_step::Column::JobId.eq(job_id))
-            .filter(job_step::Column::State.eq(StepState::Pending.as_str()))
-            .exec(&txn)
-            .await?;
-        job_step::Entity::update_many()
-            .col_expr(
-                job_step::Column::State,
-                Expr::value(running_steps_become.as_str()),
-            )
-            .col_expr(job_step::Column::FinishedAt, Expr::value(Some(now)))
-            .filter(job_step::Column::JobId.eq(job_id))
-            .filter(job_step::Column::State.eq(StepState::Running.as_str()))
-            .exec(&txn)
-            .await?;
+        close_steps(&txn, job_id, running_steps_become, now).await?;
         let job = load_job(&txn, job_id)
             .await?
             .ok_or_else(|| Error::NotFound("job".to_owned()))?;
         txn.commit().await?;
         Ok(job)
-    }
-}
-
-/// Checks that `agent_id` holds the job and locks its row for the rest of
-/// the transaction (a no-op update matched by the guard).
-async fn hold_job(txn: &impl ConnectionTrait, job_id: &str, agent_id: &str) -> Result<()> {
-    let held = job::Entity::update_many()
-        .col_expr(job::Column::AgentId, Expr::col(job::Column::AgentId))
-        .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::AgentId.eq(agent_id))
-        .filter(job::Column::State.is_in(ACTIVE))
-        .exec(txn)
-        .await?;
-    if held.rows_affected == 0 {
-        return Err(not_held(txn, job_id).await);
-    }
-    Ok(())
-}
-
-/// Why the guard matched nothing: the job is missing, finished, queued, or
-/// held by another agent.
-async fn not_held(db: &impl ConnectionTrait, job_id: &str) -> Error {
-    let state: Result<Option<String>, _> = job::Entity::find_by_id(job_id.to_owned())
-        .select_only()
-        .column(job::Column::State)
-        .into_tuple()
-        .one(db)
-        .await;
-    match state {
-        Err(err) => Error::Database(err),
-        Ok(None) => Error::NotFound("job".to_owned()),
-        Ok(Some(state)) => match parse_state::<JobState>(&state) {
-            Ok(state) if state.is_active() => {
-                Error::Conflict("job is assigned to another agent".to_owned())
-            }
-            Ok(state) => Error::Conflict(format!("job is {state}, not assigned or running")),
-            Err(err) => err,
-        },
     }
 }

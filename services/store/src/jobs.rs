@@ -13,7 +13,7 @@ use crate::entity::job::{self, JobRow};
 use crate::entity::job_step;
 use crate::error::{Error, Result, insert_error};
 use crate::store::{Store, from_json, parse_state, to_json, to_u32, to_u64};
-use crate::types::{Job, JobFilter, JobState, JobStep, NewJob, StepState};
+use crate::types::{DEFAULT_MAX_ATTEMPTS, Job, JobFilter, JobState, JobStep, NewJob, StepState};
 
 const DEFAULT_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1000;
@@ -21,9 +21,16 @@ const MAX_PAGE: u64 = 1000;
 impl Store {
     /// Queues a job: state `Queued`, attempt 1, every step `Pending`. The
     /// spec is encrypted before it is written. `AlreadyExists` when the id
-    /// is taken, `NotFound` when the pool does not exist.
+    /// is taken, `NotFound` when the pool does not exist. `max_attempts` 0
+    /// means 3.
     pub async fn insert_job(&self, new: NewJob) -> Result<Job> {
         let sealed = self.cipher().seal(&new.id, &new.spec)?;
+        let max_attempts = match new.max_attempts {
+            0 => DEFAULT_MAX_ATTEMPTS,
+            n => n,
+        };
+        let max_attempts_i = i32::try_from(max_attempts)
+            .map_err(|_| Error::Invalid("max attempts is too large".to_owned()))?;
         let steps: Vec<JobStep> = new
             .step_names
             .into_iter()
@@ -59,6 +66,11 @@ impl Store {
             started_at: None,
             finished_at: None,
             log_sequence: 0,
+            lease_expires_at: None,
+            cancel_requested_at: None,
+            max_attempts,
+            source_id: new.source_id,
+            test_summary: None,
             steps,
         };
         let step_models = job
@@ -96,6 +108,11 @@ impl Store {
             started_at: Set(None),
             finished_at: Set(None),
             log_sequence: Set(0),
+            lease_expires_at: Set(None),
+            cancel_requested_at: Set(None),
+            max_attempts: Set(max_attempts_i),
+            source_id: Set(job.source_id.clone()),
+            test_summary: Set(None),
         };
         let txn = self.begin_write().await?;
         job::Entity::insert(row)
@@ -185,14 +202,26 @@ impl Store {
             .collect()
     }
 
-    /// Atomically hands a queued job to an agent with one
-    /// `UPDATE ... WHERE id = ? AND state = 'queued'`. False when the job is
-    /// not queued (another agent got it first, or it does not exist).
-    pub async fn claim_job(&self, job_id: &str, agent_id: &str, now: i64) -> Result<bool> {
+    /// Atomically hands a queued job to an agent, with a lease until
+    /// `lease_expires_at`, with one `UPDATE ... WHERE id = ? AND state =
+    /// 'queued'`. False when the job is not queued (another agent got it
+    /// first, or it does not exist). The agent holds the job as the job's
+    /// current attempt (see `Holder`).
+    pub async fn claim_job(
+        &self,
+        job_id: &str,
+        agent_id: &str,
+        now: i64,
+        lease_expires_at: i64,
+    ) -> Result<bool> {
         let claimed = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Assigned.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(Some(agent_id.to_owned())))
             .col_expr(job::Column::AssignedAt, Expr::value(Some(now)))
+            .col_expr(
+                job::Column::LeaseExpiresAt,
+                Expr::value(Some(lease_expires_at)),
+            )
             .filter(job::Column::Id.eq(job_id))
             .filter(job::Column::State.eq(JobState::Queued.as_str()))
             .exec(self.db())
@@ -200,13 +229,15 @@ impl Store {
         Ok(claimed.rows_affected == 1)
     }
 
-    /// Puts a job whose hand-off failed back in the queue, if it is still
-    /// `Assigned` to `agent_id`; otherwise does nothing.
+    /// Puts a job whose hand-off failed back in the queue (same attempt, no
+    /// lease), if it is still `Assigned` to `agent_id`; otherwise does
+    /// nothing.
     pub async fn release_job(&self, job_id: &str, agent_id: &str) -> Result<()> {
         let released = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(None::<String>))
             .col_expr(job::Column::AssignedAt, Expr::value(None::<i64>))
+            .col_expr(job::Column::LeaseExpiresAt, Expr::value(None::<i64>))
             .filter(job::Column::Id.eq(job_id))
             .filter(job::Column::State.eq(JobState::Assigned.as_str()))
             .filter(job::Column::AgentId.eq(agent_id))
@@ -267,13 +298,22 @@ async fn with_steps(db: &impl ConnectionTrait, rows: Vec<JobRow>) -> Result<Vec<
         .collect()
 }
 
-fn job_from_row(row: JobRow, steps: Vec<JobStep>) -> Result<Job> {
+pub(crate) fn job_from_row(row: JobRow, steps: Vec<JobStep>) -> Result<Job> {
     Ok(Job {
         state: parse_state(&row.state)?,
         demands: from_json(&row.demands, "demands")?,
         secret_names: from_json(&row.secret_names, "secret names")?,
         attempt: to_u32(row.attempt, "attempt")?,
         log_sequence: to_u64(row.log_sequence, "log sequence")?,
+        max_attempts: to_u32(row.max_attempts, "max attempts")?,
+        test_summary: row
+            .test_summary
+            .as_deref()
+            .map(|text| from_json(text, "test summary"))
+            .transpose()?,
+        lease_expires_at: row.lease_expires_at,
+        cancel_requested_at: row.cancel_requested_at,
+        source_id: row.source_id,
         id: row.id,
         pool_id: row.pool_id,
         name: row.name,

@@ -3,7 +3,10 @@
 //! migrations, identical on SQLite and PostgreSQL) and every query the
 //! services run against it — pools, administrators and their personal
 //! access tokens (hashes only), agents, the job queue with its atomic
-//! claim, step progress, and job logs as gap-free sequences of line batches.
+//! claim, leases fenced by attempt, cancellation, the reapers that take back
+//! lost, timed-out and unconfirmed jobs, step progress, job logs as gap-free
+//! sequences of line batches, and the records of sources, artifacts and
+//! test results.
 //! Job specs are encrypted at rest with a 32-byte data key
 //! (XChaCha20-Poly1305).
 //!
@@ -18,11 +21,15 @@ mod agents;
 mod crypto;
 mod entity;
 mod error;
+mod hold;
 mod job_progress;
 mod jobs;
+mod leases;
 mod logs;
 mod migration;
 mod pools;
+mod reapers;
+mod resources;
 mod store;
 pub mod testing;
 mod types;
@@ -30,6 +37,7 @@ mod types;
 pub use error::{Error, Result};
 pub use store::Store;
 pub use types::{
-    Administrator, Agent, AgentStatus, Job, JobFilter, JobState, JobStep, LogBatch, NewAgent,
-    NewJob, ParseStateError, Pool, StepState, demands_met,
+    Administrator, Agent, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobFilter, JobState,
+    JobStep, LeaseRenewal, LogBatch, NewAgent, NewJob, ParseStateError, Pool, ReapOutcome, Reaped,
+    Source, StepState, TestSummary, demands_met,
 };

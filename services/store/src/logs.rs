@@ -4,32 +4,37 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use crate::entity::{job, log_batch};
 use crate::error::{Error, Result};
+use crate::hold::{held_by, holding};
 use crate::store::{Store, to_i64, to_u64};
-use crate::types::{JobState, LogBatch};
+use crate::types::{Holder, LogBatch};
 
 const DEFAULT_BATCHES: u64 = 100;
 const MAX_BATCHES: u64 = 1000;
 
 impl Store {
-    /// Appends lines `first..=last` (one opaque blob) and returns the job's
-    /// log sequence after the call.
+    /// Appends lines `first..=last` (one opaque blob) from the agent
+    /// holding the job and returns the job's log sequence after the call.
     ///
-    /// Stored iff `first == log_sequence + 1`, with `log_sequence = last` in
-    /// the same transaction (a conditional `UPDATE jobs ... WHERE
-    /// log_sequence = first - 1`, then the insert only if it matched). When
-    /// `last <= log_sequence` the batch is a duplicate: nothing is stored and
-    /// the current sequence is returned. `Conflict` when the batch leaves a
-    /// gap or partially overlaps stored lines (trimming is the caller's
-    /// job); `Invalid` when `first` is 0 or `last < first`; `NotFound` when
-    /// the job does not exist.
+    /// Stored iff `first == log_sequence + 1` and `holder` holds the job,
+    /// with `log_sequence = last` in the same transaction (a conditional
+    /// `UPDATE jobs ... WHERE log_sequence = first - 1 AND` the holder's
+    /// guard, then the insert only if it matched). When `last <=
+    /// log_sequence` the batch is a duplicate: nothing is stored and the
+    /// current sequence is returned. `Conflict` when the holder is stale
+    /// (another agent, an earlier attempt, or a job no longer assigned or
+    /// running: a finished job's log is final), when the batch leaves a gap
+    /// or partially overlaps stored lines (trimming is the caller's job);
+    /// `Invalid` when `first` is 0 or `last < first`; `NotFound` when the
+    /// job does not exist.
     pub async fn append_log_batch(
         &self,
         job_id: &str,
+        holder: Holder<'_>,
         first: u64,
         last: u64,
         lines: Vec<u8>,
@@ -44,13 +49,8 @@ impl Store {
         let txn = self.begin_write().await?;
         let advanced = job::Entity::update_many()
             .col_expr(job::Column::LogSequence, Expr::value(last_i))
-            .filter(job::Column::Id.eq(job_id))
+            .filter(held_by(job_id, holder))
             .filter(job::Column::LogSequence.eq(first_i - 1))
-            // Lines are accepted only while the job runs, so a finished
-            // job's log is final and followers can end exactly.
-            .filter(
-                job::Column::State.is_in([JobState::Assigned.as_str(), JobState::Running.as_str()]),
-            )
             .exec(&txn)
             .await?;
         if advanced.rows_affected == 1 {
@@ -66,17 +66,14 @@ impl Store {
             txn.commit().await?;
             return Ok(last);
         }
+        let refused = match holding(&txn, job_id).await? {
+            None => Some(Error::NotFound("job".to_owned())),
+            Some(now) => now.refuse(holder),
+        };
+        let current = log_sequence_in(&txn, job_id).await?;
         txn.rollback().await?;
-
-        let current = self.log_sequence(job_id).await?;
-        let running = self
-            .job(job_id)
-            .await?
-            .is_some_and(|job| job.state.is_active());
-        if !running && last > current {
-            Err(Error::Conflict(
-                "the job is not running: it takes no log lines".to_owned(),
-            ))
+        if let Some(err) = refused {
+            Err(err)
         } else if last <= current {
             Ok(current)
         } else if first > current + 1 {
@@ -94,14 +91,7 @@ impl Store {
     /// The last log line stored for a job (0 when none). `NotFound` when the
     /// job does not exist.
     pub async fn log_sequence(&self, job_id: &str) -> Result<u64> {
-        let sequence: i64 = job::Entity::find_by_id(job_id.to_owned())
-            .select_only()
-            .column(job::Column::LogSequence)
-            .into_tuple()
-            .one(self.db())
-            .await?
-            .ok_or_else(|| Error::NotFound("job".to_owned()))?;
-        to_u64(sequence, "log sequence")
+        log_sequence_in(self.db(), job_id).await
     }
 
     /// The batches holding lines `from` and later (those whose last line is
@@ -130,4 +120,16 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The last log line stored for a job. `NotFound` when it does not exist.
+async fn log_sequence_in(db: &impl ConnectionTrait, job_id: &str) -> Result<u64> {
+    let sequence: i64 = job::Entity::find_by_id(job_id.to_owned())
+        .select_only()
+        .column(job::Column::LogSequence)
+        .into_tuple()
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::NotFound("job".to_owned()))?;
+    to_u64(sequence, "log sequence")
 }

@@ -40,6 +40,18 @@ on_both_backends!(
     concurrent_duplicate_log_appends,
     list_jobs_pagination,
     reconnect_keeps_data,
+    agent_disabling,
+    lease_renewal,
+    lapsed_assigned_job_requeues,
+    lapsed_running_job_fails,
+    lapsed_cancel_requested_job_cancels,
+    max_attempts_exhausted,
+    concurrent_reapers,
+    cancel_jobs,
+    unconfirmed_cancels,
+    timeouts,
+    sources_and_artifacts,
+    test_results,
 );
 
 #[test]

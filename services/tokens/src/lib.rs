@@ -69,6 +69,11 @@ impl Tokens {
             .agent(agent_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("agent {agent_id} not found")))?;
+        if agent.disabled {
+            return Err(Error::PermissionDenied(
+                "this agent is disabled: an administrator can enable it again".to_owned(),
+            ));
+        }
         let public_key = PublicKey::from_slice(&agent.public_key)?;
         let now = now_micros();
         let issued = now / 1_000_000;
@@ -87,6 +92,7 @@ impl Tokens {
             job_id: None,
             project: None,
             pipeline: None,
+            attempt: None,
         };
         let access_token = self
             .signer

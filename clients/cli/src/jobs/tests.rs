@@ -1,5 +1,5 @@
 use ferry_proto::time::timestamp_from_micros;
-use ferry_proto::v1::{StepState, StepStatus};
+use ferry_proto::v1::{StepState, StepStatus, TestSummary};
 
 use super::*;
 
@@ -49,6 +49,18 @@ fn job() -> Job {
         finish_time: Some(timestamp_from_micros(NOW - 10 * SECOND)),
         secret_names: vec!["TOKEN".into()],
         log_line_count: 42,
+        cancel_time: None,
+        lease_expire_time: None,
+        test_summary: Some(TestSummary {
+            total: 10,
+            passed: 8,
+            failed: 1,
+            skipped: 1,
+            failed_tests: vec!["parser.rejects_tabs".into()],
+            files: 2,
+        }),
+        source_id: "src-1".into(),
+        max_attempts: 3,
     }
 }
 
@@ -64,9 +76,10 @@ pool:             default
 state:            failed
 message:          step test exited with 2
 agent:            runner (a1)
-attempt:          1
+attempt:          1/3
 demands:          os=linux
 secrets:          TOKEN
+source:           src-1
 queued:           2023-11-14T22:12:19Z (1m ago)
 assigned:         2023-11-14T22:12:19Z (1m ago)
 started:          2023-11-14T22:12:20Z (1m ago)
@@ -74,6 +87,10 @@ finished:         2023-11-14T22:13:10Z (10s ago)
 dispatch latency: 12 ms
 duration:         50.0s
 log lines:        42
+tests:            10 total, 8 passed, 1 failed, 1 skipped
+
+failed tests:
+  parser.rejects_tabs
 
 STEP  NAME    STATE      EXIT  DURATION
 0     greet   succeeded  0     1.5s
@@ -81,6 +98,124 @@ STEP  NAME    STATE      EXIT  DURATION
 2     deploy  skipped    -     -
 ";
     assert_eq!(text, expected);
+}
+
+#[test]
+fn running_and_canceled_jobs_show_lease_and_cancel_times() {
+    let mut running = job();
+    running.state = JobState::Running as i32;
+    running.finish_time = None;
+    running.max_attempts = 0;
+    running.source_id = String::new();
+    running.lease_expire_time = Some(timestamp_from_micros(NOW + 40 * SECOND));
+    running.cancel_time = Some(timestamp_from_micros(NOW - 2 * SECOND));
+    running.test_summary = Some(TestSummary {
+        total: 300,
+        passed: 100,
+        failed: 150,
+        skipped: 50,
+        failed_tests: (0..100).map(|n| format!("suite.t{n}")).collect(),
+        files: 1,
+    });
+    let text = job_details(&running, NOW);
+    for line in [
+        "attempt:          1\n",
+        "source:           -\n",
+        "cancel requested: 2023-11-14T22:13:18Z (2s ago)\n",
+        "lease expires:    2023-11-14T22:14:00Z (in 40s)\n",
+        "duration:         1m00s so far\n",
+        "tests:            300 total, 100 passed, 150 failed, 50 skipped\n",
+        "  suite.t0\n",
+        "  suite.t99\n  … and 50 more\n\nSTEP",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    // A finished job's lease is not shown, nor an unset cancel time; no
+    // summary is `-`.
+    let mut finished = job();
+    finished.lease_expire_time = Some(timestamp_from_micros(NOW));
+    finished.test_summary = None;
+    let text = job_details(&finished, NOW);
+    assert!(!text.contains("lease expires"), "{text}");
+    assert!(!text.contains("cancel requested"), "{text}");
+    assert!(text.contains("tests:            -\n"), "{text}");
+    assert!(!text.contains("failed tests"), "{text}");
+}
+
+#[test]
+fn cancel_answers_are_explained() {
+    assert_eq!(cancel_summary("j1", JobState::Canceled), "job j1 canceled");
+    assert_eq!(
+        cancel_summary("j1", JobState::Running),
+        "job j1: cancel requested; the agent is stopping it"
+    );
+    assert_eq!(
+        cancel_summary("j1", JobState::Assigned),
+        "job j1: cancel requested; the agent is stopping it"
+    );
+    assert_eq!(
+        cancel_summary("j1", JobState::Succeeded),
+        "job j1 already ended: succeeded"
+    );
+}
+
+#[test]
+fn sources_are_relative_to_the_pipeline_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("ci");
+    std::fs::create_dir_all(&nested).expect("mkdir");
+    let path = nested.join("p.yaml");
+    std::fs::write(
+        &path,
+        "name: x\nsource: ../app\ntest-results: [reports/*.xml]\nsteps:\n  - run: make\n",
+    )
+    .expect("write");
+    let pipeline = load_spec(&path, None, &[]).expect("load");
+    assert_eq!(pipeline.source, Some(nested.join("../app")));
+    assert_eq!(pipeline.spec.test_results, ["reports/*.xml"]);
+    assert_eq!(pipeline.spec.source_id, "");
+    std::fs::write(&path, "name: x\nsource: /srv/app\nsteps:\n  - run: make\n").expect("write");
+    let pipeline = load_spec(&path, None, &[]).expect("load");
+    assert_eq!(pipeline.source, Some(PathBuf::from("/srv/app")));
+    std::fs::write(&path, "name: x\nsteps:\n  - run: make\n").expect("write");
+    assert_eq!(load_spec(&path, None, &[]).expect("load").source, None);
+}
+
+#[tokio::test]
+async fn the_source_flag_wins_and_bad_sources_fail_before_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("app")).expect("mkdir");
+    std::fs::write(dir.path().join("app/main.c"), "int main;").expect("write");
+    std::fs::create_dir_all(dir.path().join("other")).expect("mkdir");
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, "name: x\nsource: app\nsteps:\n  - run: make\n").expect("write");
+
+    let prepared = prepare(&path, None, &[], None, false)
+        .await
+        .expect("prepare");
+    let (directory, packed) = prepared.source.expect("a source");
+    assert_eq!(directory, dir.path().join("app"));
+    assert_eq!(packed.files, 1);
+    assert_eq!(archive_stem(&directory), "app");
+
+    let flag = dir.path().join("other");
+    let prepared = prepare(&path, None, &[], Some(&flag), false)
+        .await
+        .expect("prepare");
+    let (directory, packed) = prepared.source.expect("a source");
+    assert_eq!((directory, packed.files), (flag, 0));
+
+    let missing = dir.path().join("missing");
+    let Err(error) = prepare(&path, None, &[], Some(&missing), false).await else {
+        panic!("a missing source was packed");
+    };
+    assert!(
+        format!("{error:#}").starts_with(&format!(
+            "cannot read source directory {}: ",
+            missing.display()
+        )),
+        "{error:#}"
+    );
 }
 
 #[test]

@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_proto::time::duration_from_proto;
@@ -371,4 +372,81 @@ fn malformed_yaml_is_refused_with_a_position() {
         panic!("accepted")
     };
     assert!(error.location().is_some(), "{error}");
+}
+
+#[test]
+fn source_test_results_and_artifacts_are_read() {
+    let yaml = "name: x\nsource: ../app\ntest-results:\n  - target/reports/*.xml\n  - 'junit-*.xml'\nartifacts: [dist/**, \"logs/run.log\"]\nsteps:\n  - run: make\n";
+    let pipeline = parse_pipeline(yaml, env).expect("valid");
+    assert_eq!(pipeline.source, Some(PathBuf::from("../app")));
+    assert_eq!(
+        pipeline.spec.test_results,
+        ["target/reports/*.xml", "junit-*.xml"]
+    );
+    assert_eq!(pipeline.spec.artifacts, ["dist/**", "logs/run.log"]);
+    assert_eq!(pipeline.spec.source_id, "");
+    // `parse` gives the same spec.
+    assert_eq!(parse(yaml).expect("valid"), pipeline.spec);
+
+    let with_secret = parse_pipeline(
+        "name: x\nsecrets: { PASSWORD: 'hunter2-value' }\nsource: app\nsteps:\n  - run: make\n",
+        env,
+    )
+    .expect("valid");
+    let debug = format!("{with_secret:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(
+        debug.contains("PASSWORD") && debug.contains("app"),
+        "{debug}"
+    );
+
+    let pipeline = parse_pipeline(MINIMAL, env).expect("valid");
+    assert_eq!(pipeline.source, None);
+    assert!(pipeline.spec.test_results.is_empty() && pipeline.spec.artifacts.is_empty());
+    let empty = parse_pipeline(
+        "name: x\ntest-results:\nartifacts: []\nsteps:\n  - run: make\n",
+        env,
+    )
+    .expect("empty lists");
+    assert!(empty.spec.test_results.is_empty() && empty.spec.artifacts.is_empty());
+}
+
+#[test]
+fn bad_globs_and_sources_are_refused() {
+    assert_error(
+        "name: x\nsource: ''\nsteps:\n  - run: make\n",
+        &["source", "must not be empty", "line 2"],
+    );
+    assert_error("name: x\nsource: [a]\nsteps:\n  - run: make\n", &["source"]);
+    assert_error(
+        "name: x\ntest-results: reports/*.xml\nsteps:\n  - run: make\n",
+        &["test-results", "a list of glob patterns"],
+    );
+    assert_error(
+        "name: x\nartifacts: ['/etc/*']\nsteps:\n  - run: make\n",
+        &["artifacts[0]", "is not relative", "line 2"],
+    );
+    assert_error(
+        "name: x\nartifacts: [ok, 'dist/../../x']\nsteps:\n  - run: make\n",
+        &["artifacts[1]", "climbs out of the workspace"],
+    );
+    assert_error(
+        "name: x\ntest-results: ['C:/reports/*.xml']\nsteps:\n  - run: make\n",
+        &["test-results[0]", "is not relative"],
+    );
+    assert_error(
+        "name: x\ntest-results: ['  ']\nsteps:\n  - run: make\n",
+        &["test-results[0]", "must not be empty"],
+    );
+    assert_error(
+        "name: x\nartifacts: [a, a]\nsteps:\n  - run: make\n",
+        &["artifacts", "`a` appears twice"],
+    );
+    assert_error(
+        "name: x\nartifacts: [[a]]\nsteps:\n  - run: make\n",
+        &["artifacts[0]", "a glob pattern"],
+    );
+    assert!(check_glob("reports/**/TEST-*.xml").is_ok());
+    assert!(check_glob("a..b/x").is_ok());
+    assert!(check_glob("x/..").is_err());
 }

@@ -365,3 +365,84 @@ impl<'de> Visitor<'de> for SecretVisitor {
             .ok_or_else(|| de::Error::custom(SECRET_SHAPE))
     }
 }
+
+/// A path in the pipeline file (`source`): non-blank text.
+pub(super) struct PathValue(pub(super) std::path::PathBuf);
+
+impl<'de> Deserialize<'de> for PathValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer, "a directory path", |text| {
+            if text.trim().is_empty() {
+                Err("must not be empty".to_owned())
+            } else {
+                Ok(Self(text.into()))
+            }
+        })
+    }
+}
+
+/// Checks one glob pattern of `test-results` or `artifacts`: relative to the
+/// workspace, `/`-separated, never climbing out of it.
+pub fn check_glob(pattern: &str) -> Result<(), String> {
+    if pattern.trim().is_empty() {
+        return Err("a pattern must not be empty".to_owned());
+    }
+    let drive = pattern.as_bytes().get(1) == Some(&b':')
+        && pattern
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphabetic);
+    if pattern.starts_with('/') || pattern.starts_with('\\') || drive {
+        return Err(format!(
+            "`{pattern}` is not relative: patterns are relative to the workspace, like `target/*.xml`"
+        ));
+    }
+    if pattern.split(['/', '\\']).any(|part| part == "..") {
+        return Err(format!("`{pattern}` climbs out of the workspace with `..`"));
+    }
+    if pattern.chars().any(char::is_control) {
+        return Err("a pattern must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// A list of glob patterns; `null` reads as empty, a pattern may appear once.
+#[derive(Default)]
+pub(super) struct Globs(pub(super) Vec<String>);
+
+impl<'de> Deserialize<'de> for Globs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct GlobsVisitor;
+        impl<'de> Visitor<'de> for GlobsVisitor {
+            type Value = Globs;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a list of glob patterns, like [\"target/reports/*.xml\"]")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Globs::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut patterns: Vec<String> = Vec::new();
+                while let Some(pattern) = access.next_element::<Pattern>()? {
+                    if patterns.contains(&pattern.0) {
+                        return Err(de::Error::custom(format!("`{}` appears twice", pattern.0)));
+                    }
+                    patterns.push(pattern.0);
+                }
+                Ok(Globs(patterns))
+            }
+        }
+        deserializer.deserialize_seq(GlobsVisitor)
+    }
+}
+
+/// One glob pattern.
+struct Pattern(String);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer, "a glob pattern", |text| {
+            check_glob(&text).map(|()| Self(text))
+        })
+    }
+}

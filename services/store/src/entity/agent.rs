@@ -15,6 +15,7 @@ pub struct Model {
     /// `AgentStatus::as_str`.
     pub status: String,
     pub current_job_id: Option<String>,
+    pub disabled: bool,
     pub created_at: i64,
     pub last_seen_at: i64,
 }

@@ -30,6 +30,13 @@ pub struct Model {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub log_sequence: i64,
+    pub lease_expires_at: Option<i64>,
+    pub cancel_requested_at: Option<i64>,
+    pub max_attempts: i32,
+    /// No foreign key: the source's record may be collected before the job's.
+    pub source_id: Option<String>,
+    /// JSON `TestSummary`.
+    pub test_summary: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -65,4 +72,11 @@ pub struct JobRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub log_sequence: i64,
+    pub lease_expires_at: Option<i64>,
+    pub cancel_requested_at: Option<i64>,
+    pub max_attempts: i32,
+    /// No foreign key: the source's record may be collected before the job's.
+    pub source_id: Option<String>,
+    /// JSON `TestSummary`.
+    pub test_summary: Option<String>,
 }

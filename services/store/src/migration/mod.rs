@@ -10,6 +10,12 @@ mod m20250601_000001_create_pools_and_administrators;
 mod m20250601_000002_create_agents;
 mod m20250601_000003_create_jobs;
 mod m20250601_000004_create_log_batches;
+mod m20250601_000005_add_job_leases;
+mod m20250601_000006_add_agent_disabled;
+mod m20250601_000007_create_sources;
+mod m20250601_000008_create_artifacts;
+#[cfg(test)]
+mod upgrade_tests;
 
 /// All of ferry's migrations, oldest first.
 pub(crate) struct Migrator;
@@ -22,6 +28,10 @@ impl MigratorTrait for Migrator {
             Box::new(m20250601_000002_create_agents::Migration),
             Box::new(m20250601_000003_create_jobs::Migration),
             Box::new(m20250601_000004_create_log_batches::Migration),
+            Box::new(m20250601_000005_add_job_leases::Migration),
+            Box::new(m20250601_000006_add_agent_disabled::Migration),
+            Box::new(m20250601_000007_create_sources::Migration),
+            Box::new(m20250601_000008_create_artifacts::Migration),
         ]
     }
 }

@@ -216,6 +216,59 @@ pub async fn agents(db: &TestDb) {
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
 }
 
+pub async fn agent_disabling(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("linux").await.expect("pool");
+    let agent = store
+        .create_agent(new_agent(&pool.id, "a1"), false)
+        .await
+        .expect("agent");
+    let other = store
+        .create_agent(new_agent(&pool.id, "a2"), false)
+        .await
+        .expect("agent");
+    assert!(!agent.disabled);
+
+    let disabled = store
+        .set_agent_disabled(&agent.id, true)
+        .await
+        .expect("disable");
+    assert_eq!(
+        disabled,
+        ferry_store::Agent {
+            disabled: true,
+            ..agent.clone()
+        }
+    );
+    assert_eq!(store.agent(&agent.id).await.expect("get"), Some(disabled));
+    let listed: Vec<_> = store
+        .list_agents(Some(&pool.id))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|a| (a.name, a.disabled))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("a1".to_owned(), true), ("a2".to_owned(), false)]
+    );
+    assert!(
+        store
+            .set_agent_disabled(&agent.id, true)
+            .await
+            .expect("disable again")
+            .disabled
+    );
+    let enabled = store
+        .set_agent_disabled(&agent.id, false)
+        .await
+        .expect("enable");
+    assert_eq!(enabled, agent);
+    assert_eq!(store.agent(&other.id).await.expect("get"), Some(other));
+    let err = store.set_agent_disabled("nope", true).await;
+    assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
+}
+
 /// Migrations are idempotent and data survives a reconnect.
 pub async fn reconnect_keeps_data(db: &TestDb) {
     let pool = db.store.create_pool("kept").await.expect("pool");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ferry_store::{Error, JobState, StepState, Store};
 use tokio::sync::Barrier;
 
-use crate::support::{TestDb, new_job};
+use crate::support::{FOREVER, TestDb, first, new_job};
 
 pub async fn job_lifecycle(db: &TestDb) {
     let store = &db.store;
@@ -56,16 +56,21 @@ pub async fn job_lifecycle(db: &TestDb) {
         vec![j1.id.clone(), j2.id.clone()]
     );
 
-    assert!(store.claim_job(&j1.id, "agent-a", 50).await.expect("claim"));
+    assert!(
+        store
+            .claim_job(&j1.id, "agent-a", 50, FOREVER)
+            .await
+            .expect("claim")
+    );
     assert!(
         !store
-            .claim_job(&j1.id, "agent-b", 51)
+            .claim_job(&j1.id, "agent-b", 51, FOREVER)
             .await
             .expect("second claim")
     );
     assert!(
         !store
-            .claim_job("nope", "agent-b", 51)
+            .claim_job("nope", "agent-b", 51, FOREVER)
             .await
             .expect("missing")
     );
@@ -92,22 +97,22 @@ pub async fn job_lifecycle(db: &TestDb) {
     );
     assert!(
         store
-            .claim_job(&j1.id, "agent-a", 60)
+            .claim_job(&j1.id, "agent-a", 60, FOREVER)
             .await
             .expect("claim again")
     );
 
     // step progress
     let err = store
-        .update_step(&j1.id, "agent-b", 0, StepState::Running, None, 70)
+        .update_step(&j1.id, first("agent-b"), 0, StepState::Running, None, 70)
         .await;
     assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
     let err = store
-        .update_step(&j2.id, "agent-a", 0, StepState::Running, None, 70)
+        .update_step(&j2.id, first("agent-a"), 0, StepState::Running, None, 70)
         .await;
     assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
     let err = store
-        .update_step("nope", "agent-a", 0, StepState::Running, None, 70)
+        .update_step("nope", first("agent-a"), 0, StepState::Running, None, 70)
         .await;
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
     assert_eq!(
@@ -117,7 +122,7 @@ pub async fn job_lifecycle(db: &TestDb) {
     );
 
     store
-        .update_step(&j1.id, "agent-a", 0, StepState::Running, None, 100)
+        .update_step(&j1.id, first("agent-a"), 0, StepState::Running, None, 100)
         .await
         .expect("step 0 running");
     let running = store.job(&j1.id).await.expect("get").expect("exists");
@@ -131,19 +136,26 @@ pub async fn job_lifecycle(db: &TestDb) {
     );
     // a repeated report keeps the first start time
     store
-        .update_step(&j1.id, "agent-a", 0, StepState::Running, None, 101)
+        .update_step(&j1.id, first("agent-a"), 0, StepState::Running, None, 101)
         .await
         .expect("repeat");
     store
-        .update_step(&j1.id, "agent-a", 0, StepState::Succeeded, Some(0), 110)
+        .update_step(
+            &j1.id,
+            first("agent-a"),
+            0,
+            StepState::Succeeded,
+            Some(0),
+            110,
+        )
         .await
         .expect("step 0 done");
     store
-        .update_step(&j1.id, "agent-a", 1, StepState::Running, None, 120)
+        .update_step(&j1.id, first("agent-a"), 1, StepState::Running, None, 120)
         .await
         .expect("step 1 running");
     let err = store
-        .update_step(&j1.id, "agent-a", 9, StepState::Running, None, 120)
+        .update_step(&j1.id, first("agent-a"), 9, StepState::Running, None, 120)
         .await;
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
     let mid = store.job(&j1.id).await.expect("get").expect("exists");
@@ -160,21 +172,21 @@ pub async fn job_lifecycle(db: &TestDb) {
 
     // completion
     let err = store
-        .complete_job(&j1.id, "agent-a", JobState::Running, "", 130)
+        .complete_job(&j1.id, first("agent-a"), JobState::Running, "", 130)
         .await;
     assert!(matches!(err, Err(Error::Invalid(_))), "{err:?}");
     let err = store
-        .complete_job(&j1.id, "agent-b", JobState::Failed, "", 130)
+        .complete_job(&j1.id, first("agent-b"), JobState::Failed, "", 130)
         .await;
     assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
     let err = store
-        .complete_job("nope", "agent-a", JobState::Failed, "", 130)
+        .complete_job("nope", first("agent-a"), JobState::Failed, "", 130)
         .await;
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
     let done = store
         .complete_job(
             &j1.id,
-            "agent-a",
+            first("agent-a"),
             JobState::Failed,
             "step build exited 2",
             130,
@@ -193,16 +205,16 @@ pub async fn job_lifecycle(db: &TestDb) {
     assert_eq!(store.job(&j1.id).await.expect("get"), Some(done));
 
     let err = store
-        .complete_job(&j1.id, "agent-a", JobState::Succeeded, "", 140)
+        .complete_job(&j1.id, first("agent-a"), JobState::Succeeded, "", 140)
         .await;
     assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
     let err = store
-        .update_step(&j1.id, "agent-a", 2, StepState::Running, None, 140)
+        .update_step(&j1.id, first("agent-a"), 2, StepState::Running, None, 140)
         .await;
     assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
     assert!(
         !store
-            .claim_job(&j1.id, "agent-c", 150)
+            .claim_job(&j1.id, "agent-c", 150, FOREVER)
             .await
             .expect("claim finished")
     );
@@ -210,14 +222,14 @@ pub async fn job_lifecycle(db: &TestDb) {
     // a job completed straight from assigned, with no steps
     assert!(
         store
-            .claim_job(&j3.id, "agent-c", 200)
+            .claim_job(&j3.id, "agent-c", 200, FOREVER)
             .await
             .expect("claim")
     );
     let canceled = store
         .complete_job(
             &j3.id,
-            "agent-c",
+            first("agent-c"),
             JobState::Canceled,
             "canceled by alice",
             210,
@@ -255,7 +267,11 @@ pub async fn concurrent_claims(db: &TestDb) {
             let mut won = Vec::new();
             for k in 0..ids.len() {
                 let job_id = &ids[(agent + k) % ids.len()];
-                if store.claim_job(job_id, &agent_id, 1).await.expect("claim") {
+                if store
+                    .claim_job(job_id, &agent_id, 1, FOREVER)
+                    .await
+                    .expect("claim")
+                {
                     won.push((job_id.clone(), agent_id.clone()));
                 }
             }

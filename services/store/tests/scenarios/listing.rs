@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use ferry_store::{JobFilter, JobState};
 
-use crate::support::{TestDb, new_job};
+use crate::support::{FOREVER, TestDb, new_job};
 
 /// Newest first, keyset pages, pool and state filters, steps included.
 pub async fn list_jobs_pagination(db: &TestDb) {
@@ -72,7 +72,12 @@ pub async fn list_jobs_pagination(db: &TestDb) {
     };
     assert_eq!(store.list_jobs(none).await.expect("list"), (vec![], None));
 
-    assert!(store.claim_job(&all[3], "agent", 5).await.expect("claim"));
+    assert!(
+        store
+            .claim_job(&all[3], "agent", 5, FOREVER)
+            .await
+            .expect("claim")
+    );
     let assigned = JobFilter {
         state: Some(JobState::Assigned),
         ..JobFilter::default()

@@ -2,7 +2,7 @@
 
 use ferry_store::{Error, JobState, LogBatch};
 
-use crate::support::{TestDb, new_job};
+use crate::support::{FOREVER, TestDb, first, new_job};
 
 pub async fn logs(db: &TestDb) {
     let store = &db.store;
@@ -14,13 +14,18 @@ pub async fn logs(db: &TestDb) {
     assert!(
         matches!(
             store
-                .append_log_batch(&job.id, 1, 1, b"early".to_vec())
+                .append_log_batch(&job.id, first("agent-1"), 1, 1, b"early".to_vec())
                 .await,
-            Err(Error::Conflict(_)) | Ok(0)
+            Err(Error::Conflict(_))
         ),
         "a queued job takes no lines"
     );
-    assert!(store.claim_job(&job.id, "agent-1", 1).await.expect("claim"));
+    assert!(
+        store
+            .claim_job(&job.id, "agent-1", 1, FOREVER)
+            .await
+            .expect("claim")
+    );
     assert_eq!(store.log_sequence(&job.id).await.expect("seq"), 0);
     assert!(
         store
@@ -32,14 +37,14 @@ pub async fn logs(db: &TestDb) {
 
     assert_eq!(
         store
-            .append_log_batch(&job.id, 1, 2, b"l1\nl2\n".to_vec())
+            .append_log_batch(&job.id, first("agent-1"), 1, 2, b"l1\nl2\n".to_vec())
             .await
             .expect("1..=2"),
         2
     );
     assert_eq!(
         store
-            .append_log_batch(&job.id, 3, 3, b"l3\n".to_vec())
+            .append_log_batch(&job.id, first("agent-1"), 3, 3, b"l3\n".to_vec())
             .await
             .expect("3..=3"),
         3
@@ -49,14 +54,14 @@ pub async fn logs(db: &TestDb) {
     // a duplicate stores nothing and reports where the log is
     assert_eq!(
         store
-            .append_log_batch(&job.id, 1, 2, b"XX".to_vec())
+            .append_log_batch(&job.id, first("agent-1"), 1, 2, b"XX".to_vec())
             .await
             .expect("dup"),
         3
     );
     assert_eq!(
         store
-            .append_log_batch(&job.id, 3, 3, b"XX".to_vec())
+            .append_log_batch(&job.id, first("agent-1"), 3, 3, b"XX".to_vec())
             .await
             .expect("dup"),
         3
@@ -70,21 +75,25 @@ pub async fn logs(db: &TestDb) {
         2
     );
 
-    let err = store.append_log_batch(&job.id, 5, 6, b"gap".to_vec()).await;
-    assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
     let err = store
-        .append_log_batch(&job.id, 3, 4, b"overlap".to_vec())
+        .append_log_batch(&job.id, first("agent-1"), 5, 6, b"gap".to_vec())
         .await;
     assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
     let err = store
-        .append_log_batch(&job.id, 0, 1, b"zero".to_vec())
+        .append_log_batch(&job.id, first("agent-1"), 3, 4, b"overlap".to_vec())
+        .await;
+    assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
+    let err = store
+        .append_log_batch(&job.id, first("agent-1"), 0, 1, b"zero".to_vec())
         .await;
     assert!(matches!(err, Err(Error::Invalid(_))), "{err:?}");
     let err = store
-        .append_log_batch(&job.id, 5, 4, b"backwards".to_vec())
+        .append_log_batch(&job.id, first("agent-1"), 5, 4, b"backwards".to_vec())
         .await;
     assert!(matches!(err, Err(Error::Invalid(_))), "{err:?}");
-    let err = store.append_log_batch("nope", 1, 1, b"x".to_vec()).await;
+    let err = store
+        .append_log_batch("nope", first("agent-1"), 1, 1, b"x".to_vec())
+        .await;
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
     let err = store.log_sequence("nope").await;
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
@@ -96,7 +105,7 @@ pub async fn logs(db: &TestDb) {
 
     assert_eq!(
         store
-            .append_log_batch(&job.id, 4, 10, b"l4..l10\n".to_vec())
+            .append_log_batch(&job.id, first("agent-1"), 4, 10, b"l4..l10\n".to_vec())
             .await
             .expect("4..=10"),
         10
@@ -144,11 +153,11 @@ pub async fn logs(db: &TestDb) {
     );
 
     store
-        .complete_job(&job.id, "agent-1", JobState::Succeeded, "", 2)
+        .complete_job(&job.id, first("agent-1"), JobState::Succeeded, "", 2)
         .await
         .expect("complete");
     let err = store
-        .append_log_batch(&job.id, 11, 11, b"late".to_vec())
+        .append_log_batch(&job.id, first("agent-1"), 11, 11, b"late".to_vec())
         .await;
     assert!(
         matches!(err, Err(Error::Conflict(_))),
@@ -165,13 +174,18 @@ pub async fn concurrent_duplicate_log_appends(db: &TestDb) {
         .insert_job(new_job(&pool.id, "logged", &[]))
         .await
         .expect("job");
-    assert!(store.claim_job(&job.id, "agent-1", 1).await.expect("claim"));
+    assert!(
+        store
+            .claim_job(&job.id, "agent-1", 1, FOREVER)
+            .await
+            .expect("claim")
+    );
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (store, job_id) = (store.clone(), job.id.clone());
         tasks.push(tokio::spawn(async move {
             store
-                .append_log_batch(&job_id, 1, 5, b"five lines".to_vec())
+                .append_log_batch(&job_id, first("agent-1"), 1, 5, b"five lines".to_vec())
                 .await
         }));
     }

@@ -5,9 +5,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_store::testing::PostgresCluster;
-use ferry_store::{NewAgent, NewJob, Store};
+use ferry_store::{Holder, NewAgent, NewJob, Store};
 
 pub const KEY: [u8; 32] = [0x42; 32];
+
+/// A lease that never lapses in a test.
+pub const FOREVER: i64 = 1 << 60;
+
+/// The holder of a job claimed once by `agent_id`.
+pub fn first(agent_id: &str) -> Holder<'_> {
+    Holder {
+        agent_id,
+        attempt: 1,
+    }
+}
+
+/// The holder of attempt `attempt` of a job claimed by `agent_id`.
+pub fn holder(agent_id: &str, attempt: u32) -> Holder<'_> {
+    Holder { agent_id, attempt }
+}
 
 /// A fresh, migrated database and a store on it. Fields drop in order: the
 /// store closes before its directory or cluster goes away.
@@ -75,6 +91,8 @@ pub fn new_job(pool_id: &str, name: &str, steps: &[&str]) -> NewJob {
         spec: format!("spec of {name}").into_bytes(),
         timeout_seconds: 3600,
         queued_at: 1_000,
+        source_id: None,
+        max_attempts: 0,
     }
 }
 

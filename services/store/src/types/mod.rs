@@ -4,6 +4,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+mod job;
+mod resource;
+
+pub(crate) use job::DEFAULT_MAX_ATTEMPTS;
+pub use job::{
+    CancelOutcome, Holder, Job, JobFilter, JobStep, LeaseRenewal, LogBatch, NewJob, ReapOutcome,
+    Reaped,
+};
+pub use resource::{Artifact, Source, TestSummary};
+
 /// A stored state name that is not one of the known states.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} {value:?}")]
@@ -160,101 +170,10 @@ pub struct Agent {
     pub capabilities: BTreeMap<String, String>,
     pub status: AgentStatus,
     pub current_job_id: Option<String>,
+    /// A disabled agent gets no listener token and no job.
+    pub disabled: bool,
     pub created_at: i64,
     pub last_seen_at: i64,
-}
-
-/// A job to queue. `spec` is plaintext here; the store encrypts it before
-/// writing, and `Debug` shows only its length.
-#[derive(Clone, PartialEq, Eq)]
-pub struct NewJob {
-    /// UUID v7 chosen by the caller (time-ordered: the queue is FIFO by id).
-    pub id: String,
-    pub pool_id: String,
-    pub name: String,
-    pub project: String,
-    pub pipeline: String,
-    pub demands: BTreeMap<String, String>,
-    pub secret_names: Vec<String>,
-    pub step_names: Vec<String>,
-    pub spec: Vec<u8>,
-    pub timeout_seconds: i64,
-    pub queued_at: i64,
-}
-
-impl fmt::Debug for NewJob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewJob")
-            .field("id", &self.id)
-            .field("pool_id", &self.pool_id)
-            .field("name", &self.name)
-            .field("project", &self.project)
-            .field("pipeline", &self.pipeline)
-            .field("demands", &self.demands)
-            .field("secret_names", &self.secret_names)
-            .field("step_names", &self.step_names)
-            .field("spec", &format_args!("<{} bytes>", self.spec.len()))
-            .field("timeout_seconds", &self.timeout_seconds)
-            .field("queued_at", &self.queued_at)
-            .finish()
-    }
-}
-
-/// A job without its spec (read that with `Store::job_spec`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    pub id: String,
-    pub pool_id: String,
-    pub name: String,
-    pub project: String,
-    pub pipeline: String,
-    pub state: JobState,
-    pub demands: BTreeMap<String, String>,
-    pub secret_names: Vec<String>,
-    pub attempt: u32,
-    pub agent_id: Option<String>,
-    pub message: String,
-    pub timeout_seconds: i64,
-    pub queued_at: i64,
-    pub assigned_at: Option<i64>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    /// The last log line stored (0 when there is none).
-    pub log_sequence: u64,
-    /// By index. Empty where a method says it omits steps.
-    pub steps: Vec<JobStep>,
-}
-
-/// One step of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobStep {
-    pub index: u32,
-    pub name: String,
-    pub state: StepState,
-    pub exit_code: Option<i32>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-}
-
-/// Which jobs `Store::list_jobs` returns, one page at a time.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct JobFilter {
-    /// Only jobs in these pools; `None` means every pool, an empty list
-    /// means none.
-    pub pool_ids: Option<Vec<String>>,
-    pub state: Option<JobState>,
-    /// Page size; 0 means the default (100), larger than 1000 means 1000.
-    pub limit: u64,
-    /// The page token from the previous page: only jobs older than this id.
-    pub after_id: Option<String>,
-}
-
-/// Log lines `first..=last` of a job, as the blob the caller appended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogBatch {
-    pub first: u64,
-    pub last: u64,
-    pub lines: Vec<u8>,
 }
 
 /// True when every demand key exists in `capabilities` with the same value.
@@ -328,6 +247,8 @@ mod tests {
             spec: b"hunter2-secret".to_vec(),
             timeout_seconds: 1,
             queued_at: 0,
+            source_id: None,
+            max_attempts: 0,
         };
         let shown = format!("{job:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -1,0 +1,294 @@
+//! The agent's side of a running job — step reports, lease renewal,
+//! completion — and what ends jobs without their agent: cancellation and
+//! the reaper (lapsed leases, server-side timeouts, unconfirmed cancels).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_auth::{AdministratorIdentity, JobIdentity};
+use ferry_envelope::PublicKey;
+use ferry_proto::time::{now_micros, timestamp_from_micros};
+use ferry_proto::v1::{
+    AgentJobToken, CancelJobRequest, CancelJobResponse, CompleteJobRequest, CompleteJobResponse,
+    JobResult, JobState, RenewLeaseResponse, ReportStepRequest, StepState,
+};
+use ferry_service::{Error, Event, Result, sealed, validate};
+use ferry_store::{CancelOutcome, Holder, ReapOutcome, Reaped};
+use prost::Message;
+
+use crate::queue::QueuedJob;
+use crate::{Dispatcher, convert};
+
+/// Envelope context of a renewed job token.
+pub fn job_token_context(job_id: &str, agent_id: &str) -> Vec<u8> {
+    format!("ferry/v1/job-token/{job_id}/{agent_id}").into_bytes()
+}
+
+fn holder(caller: &JobIdentity) -> Holder<'_> {
+    Holder {
+        agent_id: &caller.agent_id,
+        attempt: caller.attempt,
+    }
+}
+
+fn require_job(caller: &JobIdentity, job_id: &str) -> Result<()> {
+    caller
+        .require_job(job_id)
+        .map_err(|status| Error::PermissionDenied(status.message().to_owned()))
+}
+
+fn lost_lease(error: ferry_store::Error) -> Error {
+    match error {
+        ferry_store::Error::Conflict(_) => Error::FailedPrecondition(
+            "this agent no longer holds the job (lease lost, job ended or given to another agent): stop it".to_owned(),
+        ),
+        other => Error::Store(other),
+    }
+}
+
+fn step_state(state: StepState) -> Result<ferry_store::StepState> {
+    Ok(match state {
+        StepState::Running => ferry_store::StepState::Running,
+        StepState::Succeeded => ferry_store::StepState::Succeeded,
+        StepState::Failed => ferry_store::StepState::Failed,
+        StepState::Skipped => ferry_store::StepState::Skipped,
+        StepState::Canceled => ferry_store::StepState::Canceled,
+        StepState::Pending | StepState::Unspecified => {
+            return Err(Error::InvalidArgument(
+                "state must be running, succeeded, failed, skipped or canceled".to_owned(),
+            ));
+        }
+    })
+}
+
+impl Dispatcher {
+    /// Records a step's progress reported by the agent running the job.
+    pub async fn report_step(
+        &self,
+        caller: &JobIdentity,
+        request: ReportStepRequest,
+    ) -> Result<()> {
+        require_job(caller, &request.job_id)?;
+        let state = step_state(StepState::try_from(request.state).unwrap_or_default())?;
+        if state != ferry_store::StepState::Running
+            && request.exit_code.is_none()
+            && state != ferry_store::StepState::Skipped
+            && state != ferry_store::StepState::Canceled
+        {
+            return Err(Error::InvalidArgument(
+                "a finished step needs its exit_code".to_owned(),
+            ));
+        }
+        self.store()
+            .update_step(
+                &request.job_id,
+                holder(caller),
+                request.index,
+                state,
+                request.exit_code,
+                now_micros(),
+            )
+            .await
+            .map_err(lost_lease)?;
+        Ok(())
+    }
+
+    /// Records the job's result; its token is dead from now on (every
+    /// service refuses a job token whose job has ended).
+    pub async fn complete_job(
+        &self,
+        caller: &JobIdentity,
+        request: CompleteJobRequest,
+    ) -> Result<CompleteJobResponse> {
+        require_job(caller, &request.job_id)?;
+        let state = match JobResult::try_from(request.result).unwrap_or_default() {
+            JobResult::Succeeded => ferry_store::JobState::Succeeded,
+            JobResult::Failed => ferry_store::JobState::Failed,
+            JobResult::Canceled => ferry_store::JobState::Canceled,
+            JobResult::Unspecified => {
+                return Err(Error::InvalidArgument(
+                    "result must be succeeded, failed or canceled".to_owned(),
+                ));
+            }
+        };
+        validate::max_len("message", &request.message, 4096)?;
+        let job = self
+            .store()
+            .complete_job(
+                &request.job_id,
+                holder(caller),
+                state,
+                &request.message,
+                now_micros(),
+            )
+            .await
+            .map_err(lost_lease)?;
+        tracing::info!(job_id = %job.id, agent_id = %caller.agent_id, state = %job.state, "job completed");
+        self.inner.events.publish(Event::JobFinished {
+            job_id: job.id.as_str().into(),
+        });
+        self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None)
+            .await;
+        Ok(CompleteJobResponse {
+            state: convert::job_state(job.state).into(),
+        })
+    }
+
+    /// Extends the caller's lease and hands it a fresh job token.
+    pub async fn renew_lease(
+        &self,
+        caller: &JobIdentity,
+        job_id: &str,
+    ) -> Result<RenewLeaseResponse> {
+        require_job(caller, job_id)?;
+        let now = now_micros();
+        let lease = self.inner.config.lease_duration;
+        let renewal = self
+            .store()
+            .renew_lease(job_id, holder(caller), now, now + lease.as_micros() as i64)
+            .await
+            .map_err(lost_lease)?;
+        let agent = self
+            .store()
+            .agent(&caller.agent_id)
+            .await?
+            .ok_or_else(|| Error::Unauthenticated("this agent was removed".to_owned()))?;
+        let (job_token, expires) = self.sign_job_token(
+            job_id,
+            &caller.agent_id,
+            &agent.pool_id,
+            &caller.project,
+            &caller.pipeline,
+            caller.attempt,
+        )?;
+        let plaintext = AgentJobToken {
+            job_token,
+            expire_time: Some(timestamp_from_micros(expires * 1_000_000)),
+        }
+        .encode_to_vec();
+        let envelope = self.inner.sealers.seal(
+            &PublicKey::from_slice(&agent.public_key)?,
+            &job_token_context(job_id, &caller.agent_id),
+            &plaintext,
+        )?;
+        Ok(RenewLeaseResponse {
+            lease_expire_time: Some(timestamp_from_micros(renewal.lease_expires_at)),
+            sealed_job_token: Some(sealed::to_proto(envelope)),
+            cancel_requested: renewal.cancel_requested,
+        })
+    }
+
+    /// Cancels a job of a pool the caller administers.
+    pub async fn cancel_job(
+        &self,
+        caller: &AdministratorIdentity,
+        request: CancelJobRequest,
+    ) -> Result<CancelJobResponse> {
+        validate::id("job_id", &request.job_id)?;
+        validate::max_len("reason", &request.reason, 1024)?;
+        let job = self
+            .store()
+            .job(&request.job_id)
+            .await?
+            .filter(|job| caller.administers(&job.pool_id))
+            .ok_or_else(|| Error::NotFound(format!("job {} not found", request.job_id)))?;
+        let reason = if request.reason.is_empty() {
+            format!("canceled by {}", caller.name)
+        } else {
+            format!("canceled by {}: {}", caller.name, request.reason)
+        };
+        let state = match self
+            .store()
+            .request_cancel(&job.id, &reason, now_micros())
+            .await?
+        {
+            CancelOutcome::Canceled => {
+                self.inner.hand_off.remove(&job.pool_id, &job.id);
+                self.inner.events.publish(Event::JobFinished {
+                    job_id: job.id.as_str().into(),
+                });
+                JobState::Canceled
+            }
+            CancelOutcome::Requested => {
+                self.inner.events.publish(Event::CancelRequested {
+                    job_id: job.id.as_str().into(),
+                });
+                convert::job_state(job.state)
+            }
+            CancelOutcome::AlreadyFinished(state) => convert::job_state(state),
+        };
+        tracing::info!(job_id = %job.id, by = %caller.name, state = state.as_str_name(), "job cancel requested");
+        Ok(CancelJobResponse {
+            state: state.into(),
+        })
+    }
+
+    /// Runs the reaper until the dispatcher is dropped: every `interval`,
+    /// ends or requeues jobs whose agent's lease lapsed, that ran past their
+    /// timeout, or whose cancel the agent never confirmed.
+    pub(crate) fn spawn_reaper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.config.reap_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let dispatcher = Dispatcher { inner };
+                if let Err(error) = dispatcher.reap().await {
+                    tracing::warn!(error = %error, "reaper pass failed");
+                }
+            }
+        });
+    }
+
+    async fn reap(&self) -> Result<()> {
+        let now = now_micros();
+        let config = &self.inner.config;
+        let mut reaped = self.store().reap_lapsed_leases(now).await?;
+        reaped.extend(
+            self.store()
+                .reap_timed_out(now, micros(config.timeout_grace))
+                .await?,
+        );
+        reaped.extend(
+            self.store()
+                .reap_unconfirmed_cancels(now, micros(config.cancel_grace))
+                .await?,
+        );
+        for job in reaped {
+            self.after_reap(job).await?;
+        }
+        Ok(())
+    }
+
+    async fn after_reap(&self, reaped: Reaped) -> Result<()> {
+        match reaped.outcome {
+            ReapOutcome::Requeued { attempt } => {
+                tracing::warn!(job_id = %reaped.job_id, agent_id = ?reaped.agent_id, attempt, "agent lost before the job started; requeued");
+                if let Some(job) = self.store().job(&reaped.job_id).await? {
+                    self.offer(
+                        &reaped.pool_id,
+                        QueuedJob {
+                            id: job.id,
+                            demands: Arc::new(job.demands),
+                        },
+                    )
+                    .await?;
+                }
+            }
+            ReapOutcome::Failed | ReapOutcome::Canceled => {
+                tracing::warn!(job_id = %reaped.job_id, agent_id = ?reaped.agent_id, outcome = ?reaped.outcome, "job ended by the server");
+                self.inner.events.publish(Event::JobFinished {
+                    job_id: reaped.job_id.as_str().into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,42 @@
+//! A few seconds of `ferry-bench` against a ferryd it starts itself: the
+//! debug binaries `cargo test --workspace` builds (ferryd must sit next to
+//! ferry-bench in target/debug).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn smoke_throughput_every_job_ends_exactly_once() {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args([
+            "throughput",
+            "--agents",
+            "10",
+            "--jobs",
+            "200",
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .expect("ferry-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "ferry-bench failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    // The tool checks it before it reports: every job id opened once and
+    // completed once by the agents, and listed once, succeeded, by ListJobs.
+    assert!(
+        stderr.contains("every job ended exactly once"),
+        "no exactly-once confirmation:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("| Throughput, jobs/s queued / dispatched / completed |"),
+        "no table row:\n{stdout}"
+    );
+    eprintln!("smoke run took {:.1} s", started.elapsed().as_secs_f64());
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
