@@ -5,6 +5,10 @@
 //! The binaries are the ones `cargo test --workspace` builds next to the
 //! test executable (`target/<profile>/`).
 
+pub mod mesh;
+pub mod scenarios;
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -50,8 +54,8 @@ where
 /// A child process killed when dropped.
 #[derive(Debug)]
 pub struct Process {
-    child: Child,
-    name: String,
+    pub(crate) child: Child,
+    pub(crate) name: String,
 }
 
 impl Process {
@@ -100,7 +104,7 @@ pub struct Server {
     pub certificate_path: PathBuf,
     /// The data directory.
     pub data_dir: PathBuf,
-    process: Process,
+    process: Option<Process>,
 }
 
 impl Server {
@@ -171,7 +175,7 @@ impl Server {
             owner_token: token.unwrap_or_default(),
             certificate_path: data_dir.join("tls").join("server.crt"),
             data_dir,
-            process,
+            process: Some(process),
         })
     }
 
@@ -193,14 +197,33 @@ impl Server {
         Bearer::new(&self.owner_token).expect("a PAT is a valid header")
     }
 
-    /// Kills the server (SIGKILL).
-    pub fn kill(&mut self) {
-        self.process.kill();
+    /// A view of a server run by someone else (the mesh's gateway).
+    pub fn view(
+        url: String,
+        owner_token: String,
+        certificate_path: PathBuf,
+        data_dir: PathBuf,
+    ) -> Server {
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_default();
+        Server {
+            url,
+            port,
+            owner_token,
+            certificate_path,
+            data_dir,
+            process: None,
+        }
     }
 
-    /// The server's process.
-    pub fn process(&mut self) -> &mut Process {
-        &mut self.process
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(process) = self.process.as_mut() {
+            process.kill();
+        }
     }
 }
 

@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_e2e::{Agent, Server, eventually, files_containing};
+use ferry_e2e::{Agent, Server, files_containing};
 use ferry_proto::v1::{
-    CreateAdministratorRequest, FollowLogsRequest, GetJobRequest, Job, JobSpec, JobState, LogLine,
-    LogStream, QueueJobRequest, RegisterRequest, RemoveAdministratorRequest, StepSpec, StepState,
+    CreateAdministratorRequest, JobSpec, JobState, RegisterRequest, RemoveAdministratorRequest,
+    StepSpec,
 };
-use tokio_stream::StreamExt;
 
 const SECRET: &str = "hunter2-Sup3r-s3cret-value";
 
@@ -34,193 +33,11 @@ fn spec(name: &str, steps: Vec<StepSpec>) -> JobSpec {
     }
 }
 
-async fn queue(server: &Server, spec: JobSpec) -> anyhow::Result<Job> {
-    let mut jobs = ferry_client::jobs(server.channel().await?, server.owner());
-    jobs.queue_job(QueueJobRequest { spec: Some(spec) })
-        .await?
-        .into_inner()
-        .job
-        .context("no job")
-}
-
-async fn finished(server: &Server, job_id: &str) -> anyhow::Result<Job> {
-    let jobs = ferry_client::jobs(server.channel().await?, server.owner());
-    eventually(Duration::from_secs(60), "the job to finish", || {
-        let mut jobs = jobs.clone();
-        async move {
-            let job = jobs
-                .get_job(GetJobRequest {
-                    job_id: job_id.to_owned(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .job?;
-            matches!(
-                JobState::try_from(job.state),
-                Ok(JobState::Succeeded | JobState::Failed | JobState::Canceled)
-            )
-            .then_some(job)
-        }
-    })
-    .await
-}
-
-async fn stored_lines(server: &Server, job_id: &str) -> anyhow::Result<Vec<LogLine>> {
-    let mut logs = ferry_client::logs(server.channel().await?, server.owner());
-    let mut stream = logs
-        .follow_logs(FollowLogsRequest {
-            job_id: job_id.to_owned(),
-            from_sequence: 0,
-            follow: false,
-        })
-        .await?
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(message) = stream.next().await {
-        lines.extend(message?.lines);
-    }
-    Ok(lines)
-}
-
-fn step_states(job: &Job) -> Vec<(StepState, Option<i32>)> {
-    job.steps
-        .iter()
-        .map(|step| {
-            (
-                StepState::try_from(step.state).unwrap_or_default(),
-                step.exit_code,
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_multi_step_job_with_a_secret_runs_end_to_end() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
-    let (mut agent, output) = Agent::configure(
-        &server,
-        &dir.path().join("agent"),
-        "e2e-agent",
-        &server.owner_token,
-        &["--label", "suite=e2e"],
-    )?;
-    assert!(
-        output.status.success(),
-        "configure failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        files_containing(&agent.dir, server.owner_token.as_bytes()).is_empty(),
-        "the PAT was written under the agent's directory"
-    );
-    agent.run(&[])?;
-
-    let good = queue(
-        &server,
-        spec(
-            "three steps",
-            vec![
-                step("count", "for i in $(seq 1 300); do echo \"line $i\"; done"),
-                step(
-                    "secret",
-                    "echo \"$GREETING, the secret is $SECRET\"\necho \"on stderr: $SECRET\" >&2",
-                ),
-                step("last", "echo done"),
-            ],
-        ),
-    )
-    .await?;
-    let job = finished(&server, &good.id).await?;
-    assert_eq!(
-        JobState::try_from(job.state)?,
-        JobState::Succeeded,
-        "{}",
-        job.message
-    );
-    assert_eq!(
-        step_states(&job),
-        vec![(StepState::Succeeded, Some(0)); 3],
-        "every step exits 0"
-    );
-    assert!(job.assign_time.is_some() && job.finish_time.is_some());
-
-    let lines = stored_lines(&server, &good.id).await?;
-    let sequences: Vec<u64> = lines.iter().map(|line| line.sequence).collect();
-    assert_eq!(
-        sequences,
-        (1..=lines.len() as u64).collect::<Vec<_>>(),
-        "gap-free, in order, once each"
-    );
-    assert_eq!(job.log_line_count, lines.len() as u64);
-    let counted: Vec<&str> = lines
-        .iter()
-        .filter(|line| line.step_index == 0 && line.stream == LogStream::Stdout as i32)
-        .map(|line| line.text.as_str())
-        .collect();
-    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
-    assert_eq!(counted, expected, "every line of step 1 arrives, in order");
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.step_index == 1 && line.text == "hello, the secret is ***")
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.stream == LogStream::Stderr as i32 && line.text == "on stderr: ***")
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.step_index == 2 && line.text == "done")
-    );
-    assert!(
-        lines.iter().all(|line| !line.text.contains(SECRET)),
-        "a secret leaked into the stored log"
-    );
-
-    let failing = queue(
-        &server,
-        spec(
-            "fails",
-            vec![
-                step("before", "echo before"),
-                step("breaks", "echo breaking; exit 7"),
-                step("after", "echo never printed"),
-            ],
-        ),
-    )
-    .await?;
-    let job = finished(&server, &failing.id).await?;
-    assert_eq!(JobState::try_from(job.state)?, JobState::Failed);
-    assert_eq!(
-        step_states(&job),
-        vec![
-            (StepState::Succeeded, Some(0)),
-            (StepState::Failed, Some(7)),
-            (StepState::Skipped, None)
-        ]
-    );
-    let lines = stored_lines(&server, &failing.id).await?;
-    assert!(lines.iter().any(|line| line.text == "breaking"));
-    assert!(
-        lines
-            .iter()
-            .all(|line| !line.text.contains("never printed")),
-        "a step after a failure ran"
-    );
-
-    assert!(
-        files_containing(&server.data_dir, SECRET.as_bytes()).is_empty(),
-        "secret bytes in the server's data directory (database, WAL)"
-    );
-    assert!(
-        files_containing(&agent.dir, SECRET.as_bytes()).is_empty(),
-        "secret bytes left in the agent's directory"
-    );
-    Ok(())
+    ferry_e2e::scenarios::multi_step_job_with_a_secret(&server, dir.path()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,12 +97,12 @@ async fn the_agent_keeps_no_pat_and_outlives_its_administrator() -> anyhow::Resu
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     agent.run(&["--once"])?;
-    let queued = queue(
+    let queued = ferry_e2e::jobs::queue(
         &server,
         spec("after removal", vec![step("hello", "echo still working")]),
     )
     .await?;
-    let job = finished(&server, &queued.id).await?;
+    let job = ferry_e2e::jobs::finished(&server, &queued.id, Duration::from_secs(60)).await?;
     assert_eq!(
         JobState::try_from(job.state)?,
         JobState::Succeeded,

@@ -249,6 +249,19 @@ async fn a_job_whose_agent_vanished_before_starting_is_requeued_and_runs_once() 
         },
     )
     .await?;
+    // The vanished agent's token (still unexpired: it lives two leases) is
+    // fenced off: its attempt is over.
+    let refused = ferry_client::jobs(server.channel().await?, Bearer::new(&stale_token)?)
+        .report_step(ReportStepRequest {
+            job_id: job.id.clone(),
+            index: 0,
+            state: StepState::Running.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a stale attempt's write is refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
     let _agent = start_agent(&server, dir.path(), "rescuer")?;
     let ended = jobs::finished(&server, &job.id, Duration::from_secs(30)).await?;
     assert_eq!(state(&ended), JobState::Succeeded, "{}", ended.message);
@@ -260,17 +273,6 @@ async fn a_job_whose_agent_vanished_before_starting_is_requeued_and_runs_once() 
         "the step ran exactly once"
     );
 
-    // The vanished agent's token is fenced off.
-    let refused = ferry_client::jobs(server.channel().await?, Bearer::new(&stale_token)?)
-        .report_step(ReportStepRequest {
-            job_id: job.id.clone(),
-            index: 0,
-            state: StepState::Running.into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("a stale attempt's write is refused");
-    assert_eq!(refused.code(), Code::FailedPrecondition);
     Ok(())
 }
 

@@ -1,16 +1,46 @@
-//! Events one service raises and another waits on: new log lines (log
+//! Events one service raises and others wait on: a job queued or claimed
+//! (dispatch replicas keep their hand-off in step), new log lines (log
 //! followers wake up), a job's end (followers finish), a cancellation (the
 //! agent's log stream is told at once), an agent's removal (its waiting long
-//! polls end at once). In the embedded default every service shares one
-//! [`Events`] in memory.
+//! polls end at once).
+//!
+//! In the embedded default every service shares one in-memory [`Events`].
+//! In the mesh, [`Events::shared`] carries them between processes with
+//! PostgreSQL's `NOTIFY`/`LISTEN`: every process, the publisher included,
+//! receives each event once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::broadcast;
+use ferry_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+/// The PostgreSQL channel events travel on.
+pub const CHANNEL: &str = "ferry_events";
 
 /// Something that happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
+    /// A job entered the queue (new, or requeued) on some dispatch replica.
+    JobQueued {
+        /// The job.
+        job_id: Arc<str>,
+        /// Its pool.
+        pool_id: Arc<str>,
+        /// The [`Events::origin`] of the replica that queued it.
+        origin: u64,
+    },
+    /// A job was handed to an agent.
+    JobClaimed {
+        /// The job.
+        job_id: Arc<str>,
+        /// Its pool.
+        pool_id: Arc<str>,
+        /// The [`Events::origin`] of the replica that handed it out.
+        origin: u64,
+    },
     /// Lines up to this sequence are stored.
     LogsAppended {
         /// The job.
@@ -33,16 +63,20 @@ pub enum Event {
         /// The agent.
         agent_id: Arc<str>,
     },
+    /// Events may have been lost (the listener reconnected): re-read state.
+    Resync,
 }
 
 impl Event {
     /// The job this event is about, if it is about a job.
     pub fn job_id(&self) -> Option<&str> {
         match self {
-            Event::LogsAppended { job_id, .. }
+            Event::JobQueued { job_id, .. }
+            | Event::JobClaimed { job_id, .. }
+            | Event::LogsAppended { job_id, .. }
             | Event::JobFinished { job_id }
             | Event::CancelRequested { job_id } => Some(job_id),
-            Event::AgentRevoked { .. } => None,
+            Event::AgentRevoked { .. } | Event::Resync => None,
         }
     }
 }
@@ -50,7 +84,10 @@ impl Event {
 /// A fan-out of [`Event`]s. Clones share the channel.
 #[derive(Debug, Clone)]
 pub struct Events {
-    sender: broadcast::Sender<Event>,
+    local: broadcast::Sender<Event>,
+    /// In the mesh: events to NOTIFY (delivered back through LISTEN).
+    remote: Option<mpsc::UnboundedSender<Event>>,
+    origin: u64,
 }
 
 impl Default for Events {
@@ -59,21 +96,139 @@ impl Default for Events {
     }
 }
 
+/// A process-unique id: 8 bytes of a random (v4) UUID.
+fn random_origin() -> u64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
 impl Events {
-    /// A channel buffering up to 4096 events per slow subscriber (a
-    /// subscriber that lags further re-reads the store: nothing is lost).
+    /// Events within this process (the embedded default). A slow subscriber
+    /// that lags more than 4096 events gets `Lagged` and re-reads the store.
     pub fn new() -> Self {
-        let (sender, _) = broadcast::channel(4096);
-        Self { sender }
+        let (local, _) = broadcast::channel(4096);
+        Self {
+            local,
+            remote: None,
+            origin: random_origin(),
+        }
+    }
+
+    /// Events shared by every process on this PostgreSQL database.
+    pub async fn shared(store: &Store) -> crate::Result<Self> {
+        let mut events = Self::new();
+        let mut listener = store.listen(CHANNEL).await?;
+        let (remote, mut outgoing) = mpsc::unbounded_channel::<Event>();
+        events.remote = Some(remote);
+
+        let notifier = store.clone();
+        tokio::spawn(async move {
+            while let Some(event) = outgoing.recv().await {
+                let Ok(payload) = serde_json::to_string(&event) else {
+                    continue;
+                };
+                if let Err(error) = notifier.notify(CHANNEL, &payload).await {
+                    tracing::warn!(error = %error, "could not notify other replicas");
+                }
+            }
+        });
+
+        let local = events.local.clone();
+        let relisten = store.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.next().await {
+                    Ok(Some(payload)) => match serde_json::from_str::<Event>(&payload) {
+                        Ok(event) => {
+                            let _ = local.send(event);
+                        }
+                        Err(error) => tracing::warn!(error = %error, "unreadable event"),
+                    },
+                    Ok(None) => {
+                        let _ = local.send(Event::Resync);
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "event listener failed; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match relisten.listen(CHANNEL).await {
+                            Ok(fresh) => {
+                                listener = fresh;
+                                let _ = local.send(Event::Resync);
+                            }
+                            Err(error) => tracing::warn!(error = %error, "cannot listen yet"),
+                        }
+                    }
+                }
+            }
+        });
+        Ok(events)
+    }
+
+    /// Whether events cross processes (the mesh) rather than stay in this one.
+    pub fn is_shared(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// This process's id in [`Event::JobQueued`] and [`Event::JobClaimed`].
+    pub fn origin(&self) -> u64 {
+        self.origin
     }
 
     /// Raises an event; nobody listening is fine.
     pub fn publish(&self, event: Event) {
-        let _ = self.sender.send(event);
+        match &self.remote {
+            Some(remote) => {
+                let _ = remote.send(event);
+            }
+            None => {
+                let _ = self.local.send(event);
+            }
+        }
     }
 
     /// Listens for events raised from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.sender.subscribe()
+        self.local.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_survive_their_wire_form() {
+        let events = [
+            Event::JobQueued {
+                job_id: "j".into(),
+                pool_id: "p".into(),
+                origin: 7,
+            },
+            Event::LogsAppended {
+                job_id: "j".into(),
+                sequence: 9,
+            },
+            Event::AgentRevoked {
+                agent_id: "a".into(),
+            },
+            Event::Resync,
+        ];
+        for event in events {
+            let wire = serde_json::to_string(&event).expect("serialize");
+            assert_eq!(serde_json::from_str::<Event>(&wire).expect("parse"), event);
+        }
+    }
+
+    #[tokio::test]
+    async fn local_events_reach_every_subscriber() {
+        let events = Events::new();
+        let mut first = events.subscribe();
+        let mut second = events.subscribe();
+        events.publish(Event::JobFinished { job_id: "j".into() });
+        assert_eq!(first.recv().await.expect("event").job_id(), Some("j"));
+        assert_eq!(second.recv().await.expect("event").job_id(), Some("j"));
+        assert!(!events.is_shared());
     }
 }

@@ -124,56 +124,112 @@ impl Dispatcher {
                 agent_status: Mutex::new(HashMap::new()),
             }),
         };
-        let mut loaded = 0;
-        for pool in dispatcher.inner.store.list_pools().await? {
-            for job in dispatcher
-                .inner
-                .store
-                .queued_jobs(&pool.id, u64::MAX >> 1)
-                .await?
-            {
-                dispatcher.inner.hand_off.offer(
-                    &pool.id,
-                    QueuedJob {
-                        id: job.id,
-                        demands: Arc::new(job.demands),
-                    },
-                );
-                loaded += 1;
-            }
-        }
-        if loaded > 0 {
-            tracing::info!(jobs = loaded, "queued jobs loaded");
-        }
         let returner = dispatcher.clone();
         tokio::spawn(async move {
             while let Some(returned) = returns.recv().await {
                 returner.give_back(returned).await;
             }
         });
-        dispatcher.spawn_revocations();
+        // Subscribe before loading, so a job queued meanwhile is not missed.
+        dispatcher.spawn_event_handler();
+        let loaded = dispatcher.load_queued().await?;
+        if loaded > 0 {
+            tracing::info!(jobs = loaded, "queued jobs loaded");
+        }
         dispatcher.spawn_reaper();
         Ok(dispatcher)
     }
 
-    /// Ends the waiting polls of agents that were removed or disabled, so
-    /// their listener tokens stop working at once.
-    fn spawn_revocations(&self) {
+    /// Follows the events other services and replicas raise: revoked
+    /// agents lose their waiting polls at once; in the mesh, jobs queued or
+    /// claimed on other replicas keep this replica's hand-off in step, and a
+    /// resync (events may have been lost) reloads the queue from the store.
+    fn spawn_event_handler(&self) {
         let mut events = self.inner.events.subscribe();
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
                     Ok(event) => event,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::Resync,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 let Some(inner) = weak.upgrade() else { return };
-                if let Event::AgentRevoked { agent_id } = event {
-                    inner.hand_off.withdraw_agent(&agent_id);
+                let dispatcher = Dispatcher { inner };
+                if let Err(error) = dispatcher.on_event(event).await {
+                    tracing::warn!(error = %error, "could not apply an event");
                 }
             }
         });
+    }
+
+    async fn on_event(&self, event: Event) -> Result<()> {
+        let mine = self.inner.events.origin();
+        match event {
+            Event::AgentRevoked { agent_id } => self.inner.hand_off.withdraw_agent(&agent_id),
+            Event::JobQueued {
+                job_id,
+                pool_id,
+                origin,
+            } if origin != mine => {
+                if let Some(job) = self.store().job(&job_id).await?
+                    && job.state == ferry_store::JobState::Queued
+                {
+                    let queued = QueuedJob {
+                        id: job.id,
+                        demands: Arc::new(job.demands),
+                    };
+                    self.offer(&pool_id, queued).await?;
+                }
+            }
+            Event::JobClaimed {
+                job_id,
+                pool_id,
+                origin,
+            } if origin != mine => {
+                self.inner.hand_off.remove(&pool_id, &job_id);
+            }
+            Event::Resync => {
+                let loaded = self.load_queued().await?;
+                tracing::info!(jobs = loaded, "queue reloaded after a resync");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Offers every job queued in the store (start-up, resync).
+    async fn load_queued(&self) -> Result<usize> {
+        let mut loaded = 0;
+        for pool in self.store().list_pools().await? {
+            for job in self.store().queued_jobs(&pool.id, u64::MAX >> 1).await? {
+                self.inner.hand_off.remove(&pool.id, &job.id);
+                self.offer(
+                    &pool.id,
+                    QueuedJob {
+                        id: job.id,
+                        demands: Arc::new(job.demands),
+                    },
+                )
+                .await?;
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Offers a job queued (or requeued) here, and tells the other replicas.
+    pub(crate) async fn enqueue(&self, pool_id: &str, job: QueuedJob) -> Result<()> {
+        let job_id = job.id.clone();
+        self.offer(pool_id, job).await?;
+        if self.inner.events.is_shared() {
+            self.inner.events.publish(Event::JobQueued {
+                job_id: job_id.as_str().into(),
+                pool_id: pool_id.into(),
+                origin: self.inner.events.origin(),
+            });
+        }
+        Ok(())
     }
 
     /// Releases a job handed to a poll that vanished, and offers it again.
@@ -183,7 +239,7 @@ impl Dispatcher {
             self.store()
                 .release_job(&returned.job.id, &returned.agent_id)
                 .await?;
-            self.offer(&returned.pool_id, returned.job).await
+            self.enqueue(&returned.pool_id, returned.job).await
         }
         .await;
         match result {
@@ -280,7 +336,7 @@ impl Dispatcher {
             })
             .await?;
         tracing::info!(job_id = %job.id, pool = %pool.name, name = %job.name, by = %caller.name, "job queued");
-        self.offer(
+        self.enqueue(
             &pool.id,
             QueuedJob {
                 id: job.id.clone(),
@@ -300,7 +356,7 @@ impl Dispatcher {
                 return Ok(());
             };
             let agent_id = taken.agent_id.clone();
-            if !self.claim(&job.id, &agent_id).await? {
+            if !self.claim(&job.id, pool_id, &agent_id).await? {
                 return Ok(()); // another replica's agent has it
             }
             match taken.send(job.clone()) {
@@ -333,7 +389,7 @@ impl Dispatcher {
                 .poll(&agent.pool_id, &agent.id, agent.capabilities.clone())
             {
                 Found::Job(job) => {
-                    if self.claim(&job.id, &agent.id).await? {
+                    if self.claim(&job.id, &agent.pool_id, &agent.id).await? {
                         break job;
                     }
                     // Claimed by another replica's agent: look again.
@@ -418,13 +474,22 @@ impl Dispatcher {
     }
 
     /// Claims a queued job for an agent, with a fresh lease.
-    async fn claim(&self, job_id: &str, agent_id: &str) -> Result<bool> {
+    async fn claim(&self, job_id: &str, pool_id: &str, agent_id: &str) -> Result<bool> {
         let now = now_micros();
         let lease = self.inner.config.lease_duration.as_micros() as i64;
-        Ok(self
+        let claimed = self
             .store()
             .claim_job(job_id, agent_id, now, now + lease)
-            .await?)
+            .await?;
+        if claimed && self.inner.events.is_shared() {
+            // Other replicas drop the job from their hand-off.
+            self.inner.events.publish(Event::JobClaimed {
+                job_id: job_id.into(),
+                pool_id: pool_id.into(),
+                origin: self.inner.events.origin(),
+            });
+        }
+        Ok(claimed)
     }
 
     /// Signs a job token for one attempt of a job; it lives two leases and

@@ -268,7 +268,7 @@ impl Dispatcher {
             ReapOutcome::Requeued { attempt } => {
                 tracing::warn!(job_id = %reaped.job_id, agent_id = ?reaped.agent_id, attempt, "agent lost before the job started; requeued");
                 if let Some(job) = self.store().job(&reaped.job_id).await? {
-                    self.offer(
+                    self.enqueue(
                         &reaped.pool_id,
                         QueuedJob {
                             id: job.id,

@@ -28,6 +28,86 @@ pub struct Config {
     pub dispatch: DispatchSection,
     /// Source, test result and artifact size limits.
     pub resources: ResourcesSection,
+    /// Mutual TLS between the gateway and the services (the mesh).
+    pub mesh: MeshSection,
+    /// The gateway: the mesh's only public port.
+    pub gateway: GatewaySection,
+}
+
+/// The mesh's certificates: `ferryd certs init --dir DIR` makes a dev CA
+/// and one certificate per process (`gateway`, `registry`, `tokens`,
+/// `dispatch`, `logs`, `resources`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct MeshSection {
+    /// Directory holding `ca.crt` and `<name>.crt` / `<name>.key`.
+    pub certificates_dir: PathBuf,
+    /// Certificate SANs allowed to call a service port.
+    pub allowed_clients: Vec<String>,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            certificates_dir: PathBuf::from("ferry-data/mesh"),
+            allowed_clients: vec!["gateway.ferry.internal".to_owned()],
+        }
+    }
+}
+
+/// One process's mesh identity.
+pub struct MeshIdentity {
+    /// Its certificate and key.
+    pub identity: ferry_tls::CertificateAndKey,
+    /// The mesh CA, PEM.
+    pub ca_pem: String,
+}
+
+impl MeshSection {
+    /// Loads the CA and the certificate of `name`.
+    pub fn load(&self, name: &str) -> anyhow::Result<MeshIdentity> {
+        let dir = &self.certificates_dir;
+        let read = |file: String| {
+            let path = dir.join(&file);
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read the mesh certificate file {} (make them with `ferryd certs init --dir {}`)",
+                    path.display(),
+                    dir.display()
+                )
+            })
+        };
+        Ok(MeshIdentity {
+            identity: ferry_tls::CertificateAndKey {
+                certificate_pem: read(format!("{name}.crt"))?,
+                private_key_pem: read(format!("{name}.key"))?,
+            },
+            ca_pem: read("ca.crt".to_owned())?,
+        })
+    }
+}
+
+/// The gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// The public port.
+    pub listen: SocketAddr,
+    /// gRPC service name (`ferry.v1.JobService`) → replica URLs.
+    pub routes: std::collections::BTreeMap<String, Vec<String>>,
+    /// How often each replica's health is checked.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            routes: std::collections::BTreeMap::new(),
+            health_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// The certificate the public port serves.
@@ -122,6 +202,8 @@ impl Default for Config {
             tokens: TokenConfig::default(),
             dispatch: DispatchSection::default(),
             resources: ResourcesSection::default(),
+            mesh: MeshSection::default(),
+            gateway: GatewaySection::default(),
         }
     }
 }

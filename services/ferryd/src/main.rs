@@ -5,6 +5,7 @@
 mod config;
 mod data_dir;
 mod demo;
+mod mesh;
 mod server;
 
 use std::ffi::OsString;
@@ -54,12 +55,68 @@ enum Command {
     /// masked), and prints the result and how long dispatch took. Exits 0
     /// when the job succeeded.
     Demo(demo::DemoArgs),
+    /// Run one service on a mesh port (mutual TLS), behind the gateway.
+    ///
+    /// Needs PostgreSQL (database-url) so that replicas share state and
+    /// events, and the mesh certificates (`ferryd certs init`).
+    Serve {
+        /// The service to run.
+        service: server::ServiceName,
+        /// Options; --listen is this replica's mesh port and is required.
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Run the gateway: the mesh's only public port, routing each call to a
+    /// healthy replica of its service over mutual TLS.
+    Gateway {
+        /// A route, `SERVICE=URL[,URL…]` (e.g.
+        /// `ferry.v1.JobService=https://10.0.0.5:7601`); adds to the config
+        /// file's gateway.routes.
+        #[arg(long = "route", value_name = "SERVICE=URLS")]
+        routes: Vec<String>,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Prepare the data directory and database (keys, migrations, the first
+    /// administrator) without serving; prints the first PAT once.
+    Init(ServeArgs),
+    /// Mesh certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run the whole mesh on this machine: the gateway and N replicas of
+    /// every service as separate processes on loopback (development, tests).
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
     /// Run the agent (the same program as `ferry-agent`).
     #[command(hide = true)]
     Agent {
         /// Arguments for ferry-agent.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Make a development CA and a certificate for the gateway and each
+    /// service (SANs `<name>.ferry.internal`, localhost, 127.0.0.1).
+    /// Existing files are kept.
+    Init {
+        /// Where to write them.
+        #[arg(long, default_value = "ferry-data/mesh")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a config file and explain what is wrong in it.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
     },
 }
 
@@ -151,6 +208,102 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+async fn serve_one(service: server::ServiceName, args: ServeArgs) -> anyhow::Result<()> {
+    let listen = args
+        .listen
+        .context("ferryd serve needs --listen ADDR: this replica's mesh port")?;
+    let config = args.config()?;
+    let mut running = server::start_role(&config, server::Role::One(service), listen).await?;
+    println!(
+        "ferryd serve {} listening on https://{} (mesh TLS)",
+        service.as_str(),
+        running.address
+    );
+    tokio::select! {
+        result = running.wait() => result,
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            running.stop().await
+        }
+    }
+}
+
+async fn gateway(routes: Vec<String>, args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.config()?;
+    for route in routes {
+        let (service, urls) = route
+            .split_once('=')
+            .with_context(|| format!("--route {route:?} must be SERVICE=URL[,URL…]"))?;
+        config
+            .gateway
+            .routes
+            .entry(service.to_owned())
+            .or_default()
+            .extend(
+                urls.split(',')
+                    .filter(|url| !url.is_empty())
+                    .map(str::to_owned),
+            );
+    }
+    config.validate()?;
+    let running = mesh::start_gateway(&config).await?;
+    println!("ferryd gateway serving on https://{}", running.address);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await?;
+    Ok(())
+}
+
+async fn init(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    match server::init(&config).await? {
+        Some(token) => {
+            println!("created pool \"default\" and administrator \"owner\".");
+            println!("owner's PAT (shown once; ferryd keeps only its hash):");
+            println!("    {token}");
+        }
+        None => println!("already initialised: {}", config.data_dir.display()),
+    }
+    Ok(())
+}
+
+fn certs_init(dir: &std::path::Path) -> anyhow::Result<()> {
+    ferry_tls::issue_mesh(dir, &mesh::CERTIFICATE_NAMES)?;
+    println!("mesh certificates in {} (CA: ca.crt)", dir.display());
+    Ok(())
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let checked = config::Config::load(file).and_then(|config| config.validate().map(|()| config));
+    match checked {
+        Ok(config) => {
+            println!("{}: valid", file.display());
+            println!(
+                "  listen {}, data dir {}",
+                config.listen,
+                config.data_dir.display()
+            );
+            println!(
+                "  database {}",
+                config
+                    .database_url()
+                    .unwrap_or_default()
+                    .split('@')
+                    .next_back()
+                    .unwrap_or_default()
+            );
+            for (service, replicas) in &config.gateway.routes {
+                println!("  route {service} -> {}", replicas.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("{}: {error:#}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Agent { args } = cli.command {
@@ -173,6 +326,18 @@ fn main() -> ExitCode {
         match cli.command {
             Command::All(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Demo(args) => demo::run(args).await,
+            Command::Serve { service, args } => {
+                serve_one(service, args).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Gateway { routes, args } => {
+                gateway(routes, args).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Init(args) => init(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Certs(CertsCommand::Init { dir }) => {
+                certs_init(&dir).map(|()| ExitCode::SUCCESS)
+            }
+            Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+            Command::Mesh(command) => mesh::run(command).await,
             Command::Agent { .. } => Ok(ExitCode::SUCCESS),
         }
     });
@@ -202,5 +367,16 @@ fn agent(args: Vec<OsString>) -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

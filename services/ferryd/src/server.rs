@@ -1,4 +1,6 @@
-//! The embedded default: every service in one process, on one TLS port.
+//! Runs ferry's services: all of them in one process on the public TLS port
+//! (the embedded default), or one of them behind the gateway on a mesh port
+//! that speaks mutual TLS and admits only the allowed peers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,51 +107,171 @@ async fn bootstrap(store: &Store) -> anyhow::Result<Option<String>> {
     Ok(Some(token))
 }
 
-/// Starts every service on the configured port.
-pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    ferry_tls::install_crypto_provider();
-    config.validate()?;
-    let material = data_dir::prepare(config)?;
+/// One of ferry's services, as `ferryd serve SERVICE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    /// RegistrationService: pools, administrators, agents.
+    Registry,
+    /// TokenService: listener tokens.
+    Tokens,
+    /// JobService: queueing, dispatch, leases.
+    Dispatch,
+    /// LogService: log ingest and follow.
+    Logs,
+    /// ResourceService: sources, test results, artifacts.
+    Resources,
+}
+
+impl ServiceName {
+    /// Every service.
+    pub const ALL: [ServiceName; 5] = [
+        ServiceName::Registry,
+        ServiceName::Tokens,
+        ServiceName::Dispatch,
+        ServiceName::Logs,
+        ServiceName::Resources,
+    ];
+
+    /// The name of its certificate and `ferryd serve` argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Registry => "registry",
+            ServiceName::Tokens => "tokens",
+            ServiceName::Dispatch => "dispatch",
+            ServiceName::Logs => "logs",
+            ServiceName::Resources => "resources",
+        }
+    }
+
+    /// The gRPC service it serves.
+    pub fn grpc_name(self) -> &'static str {
+        use ferry_proto::service_names as names;
+        match self {
+            ServiceName::Registry => names::REGISTRATION,
+            ServiceName::Tokens => names::TOKEN,
+            ServiceName::Dispatch => names::JOB,
+            ServiceName::Logs => names::LOG,
+            ServiceName::Resources => names::RESOURCE,
+        }
+    }
+}
+
+/// What a ferryd process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, on the public port (creates the first administrator).
+    All,
+    /// One service on a mesh port.
+    One(ServiceName),
+}
+
+impl Role {
+    fn runs(self, service: ServiceName) -> bool {
+        match self {
+            Role::All => true,
+            Role::One(only) => only == service,
+        }
+    }
+}
+
+/// Opens the store and, on first start, makes the first administrator.
+pub async fn open_store(config: &Config, data_key: [u8; 32]) -> anyhow::Result<Store> {
     let database_url = config.database_url()?;
-    let store = Store::connect(&database_url, material.data_key)
+    let store = Store::connect(&database_url, data_key)
         .await
         .context("cannot open the store")?;
     tracing::info!(backend = store.backend_name(), "store ready");
-    let first_token = bootstrap(&store).await?;
+    Ok(store)
+}
+
+/// Prepares the data directory and the database without serving: keys,
+/// migrations, and the first administrator (whose PAT is returned once).
+pub async fn init(config: &Config) -> anyhow::Result<Option<String>> {
+    ferry_tls::install_crypto_provider();
+    config.validate()?;
+    let material = data_dir::prepare(config)?;
+    let store = open_store(config, material.data_key).await?;
+    bootstrap(&store).await
+}
+
+/// Starts every service on the configured public port.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    start_role(config, Role::All, config.listen).await
+}
+
+/// Starts `role` listening on `listen`.
+pub async fn start_role(
+    config: &Config,
+    role: Role,
+    listen: SocketAddr,
+) -> anyhow::Result<Running> {
+    ferry_tls::install_crypto_provider();
+    config.validate()?;
+    let material = data_dir::prepare(config)?;
+    let store = open_store(config, material.data_key).await?;
+    let first_token = match role {
+        Role::All => bootstrap(&store).await?,
+        Role::One(_) => None,
+    };
+    // With PostgreSQL, events cross processes, so replicas stay in step.
+    let events = if store.is_postgres() {
+        Events::shared(&store).await?
+    } else {
+        Events::new()
+    };
 
     let signer = Arc::new(material.signer);
     let sealers = Arc::new(SealerCache::new(
         Sealer::new(material.envelope_key),
         SEALER_CACHE_CAPACITY,
     ));
-    let events = Events::new();
-    let registry = Registry::new(store.clone(), sealers.public_key(), events.clone());
-    let tokens = Tokens::new(
-        store.clone(),
-        signer.clone(),
-        sealers.clone(),
-        config.tokens.listener_token_ttl,
-    );
-    let dispatcher = Dispatcher::start(
-        store.clone(),
-        signer.clone(),
-        sealers,
-        events.clone(),
-        DispatchConfig {
-            max_wait: config.dispatch.max_poll_wait,
-            lease_duration: config.dispatch.lease,
-            reap_interval: config.dispatch.reap_interval,
-            timeout_grace: config.dispatch.timeout_grace,
-            cancel_grace: config.dispatch.cancel_grace,
-            max_attempts: config.dispatch.max_attempts,
-            ..DispatchConfig::default()
-        },
-    )
-    .await?;
-    let logs = Logs::new(store.clone(), events);
-    let blobs = FsBlobStore::new(config.data_dir.join("blobs"))
-        .context("cannot create the blob directory")?;
-    let resources = Resources::new(store.clone(), Arc::new(blobs), config.resources.limits());
+    let registry = role
+        .runs(ServiceName::Registry)
+        .then(|| Registry::new(store.clone(), sealers.public_key(), events.clone()));
+    let tokens = role.runs(ServiceName::Tokens).then(|| {
+        Tokens::new(
+            store.clone(),
+            signer.clone(),
+            sealers.clone(),
+            config.tokens.listener_token_ttl,
+        )
+    });
+    let dispatcher = if role.runs(ServiceName::Dispatch) {
+        Some(
+            Dispatcher::start(
+                store.clone(),
+                signer.clone(),
+                sealers.clone(),
+                events.clone(),
+                DispatchConfig {
+                    max_wait: config.dispatch.max_poll_wait,
+                    lease_duration: config.dispatch.lease,
+                    reap_interval: config.dispatch.reap_interval,
+                    timeout_grace: config.dispatch.timeout_grace,
+                    cancel_grace: config.dispatch.cancel_grace,
+                    max_attempts: config.dispatch.max_attempts,
+                    ..DispatchConfig::default()
+                },
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let logs = role
+        .runs(ServiceName::Logs)
+        .then(|| Logs::new(store.clone(), events.clone()));
+    let resources = if role.runs(ServiceName::Resources) {
+        let blobs = FsBlobStore::new(config.data_dir.join("blobs"))
+            .context("cannot create the blob directory")?;
+        Some(Resources::new(
+            store.clone(),
+            Arc::new(blobs),
+            config.resources.limits(),
+        ))
+    } else {
+        None
+    };
 
     let policy = Policy::new()
         .with(ferry_registry::grpc::AUTH)
@@ -164,9 +286,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for service in ferry_proto::service_names::ALL {
+    for service in ServiceName::ALL
+        .into_iter()
+        .filter(|service| role.runs(*service))
+    {
         health
-            .set_service_status(*service, tonic_health::ServingStatus::Serving)
+            .set_service_status(service.grpc_name(), tonic_health::ServingStatus::Serving)
             .await;
     }
     let reflection = tonic_reflection::server::Builder::configure()
@@ -175,15 +300,30 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    let listener = TcpListener::bind(config.listen)
+    // The public port serves the public certificate; a mesh port serves the
+    // service's mesh certificate and admits only allowed peers (the gateway).
+    let (tls, allowed_peers) = match role {
+        Role::All => (ferry_tls::server_config(&material.tls), None),
+        Role::One(service) => {
+            let mesh = config.mesh.load(service.as_str())?;
+            (
+                ferry_tls::mesh_server_config(&mesh.identity, &mesh.ca_pem),
+                Some(ferry_tls::SanAllowLayer::new(
+                    config.mesh.allowed_clients.clone(),
+                )),
+            )
+        }
+    };
+
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
 
     let router = Server::builder()
-        .tls_config(ferry_tls::server_config(&material.tls))
+        .tls_config(tls)
         .context("invalid TLS certificate or key")?
         // Keepalives hold idle long polls open through NATs and balancers.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -193,16 +333,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             tower::ServiceBuilder::new()
                 // Oversized requests answer RESOURCE_EXHAUSTED, as gRPC says.
                 .layer(StatusLayer)
+                // On a mesh port, only allowed peers (by certificate SAN).
+                .option_layer(allowed_peers)
                 // Every call is authenticated before any handler runs.
                 .layer(AuthLayer::new(authenticator)),
         )
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ferry_registry::grpc::server(registry))
-        .add_service(ferry_tokens::server(tokens))
-        .add_service(ferry_dispatch::grpc::server(dispatcher))
-        .add_service(ferry_logs::grpc::server(logs))
-        .add_service(ferry_resources::grpc::server(resources));
+        .add_optional_service(registry.map(ferry_registry::grpc::server))
+        .add_optional_service(tokens.map(ferry_tokens::server))
+        .add_optional_service(dispatcher.map(ferry_dispatch::grpc::server))
+        .add_optional_service(logs.map(ferry_logs::grpc::server))
+        .add_optional_service(resources.map(ferry_resources::grpc::server));
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_signal.await;
     }));

@@ -27,6 +27,7 @@ mod jobs;
 mod leases;
 mod logs;
 mod migration;
+mod notify;
 mod pools;
 mod reapers;
 mod resources;
@@ -35,6 +36,7 @@ pub mod testing;
 mod types;
 
 pub use error::{Error, Result};
+pub use notify::{Listener, MAX_PAYLOAD};
 pub use store::Store;
 pub use types::{
     Administrator, Agent, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobFilter, JobState,

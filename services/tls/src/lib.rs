@@ -1,8 +1,17 @@
 //! TLS in one place: the self-signed certificate `ferryd` makes on first
-//! start, and the tonic server and client configurations built from PEM
-//! files. Every ferry binary calls [`install_crypto_provider`] first.
+//! start, the tonic server and client configurations built from PEM files,
+//! and the mesh's mutual TLS ([`issue_mesh`], [`mesh_server_config`],
+//! [`mesh_client_config`], [`SanAllowLayer`]). Every ferry binary calls
+//! [`install_crypto_provider`] first.
+
+mod mesh;
+mod mtls;
 
 use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -23,7 +32,27 @@ pub enum Error {
     /// A PEM file holds no certificate.
     #[error("{0} holds no PEM certificate")]
     NotPem(String),
+    /// A file or directory could not be written.
+    #[error("could not write {path}: {source}")]
+    Write {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The mesh's certificates are inconsistent or a name is invalid.
+    #[error("{0}")]
+    Mesh(String),
+    /// PEM material that does not parse.
+    #[error("invalid PEM: {0}")]
+    Pem(String),
+    /// rustls refused the material.
+    #[error("invalid TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
 }
+
+pub use mesh::{MESH_DOMAIN, MESH_NAMES, MeshCertificates, issue_mesh, mesh_dns_name};
+pub use mtls::{SanAllow, SanAllowLayer, mesh_client_config, mesh_server_config};
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
@@ -88,7 +117,23 @@ pub fn read_certificate_pem(path: &Path) -> Result<String> {
     Ok(pem)
 }
 
-fn read(path: &Path) -> Result<String> {
+/// Reads a certificate (chain) and its private key from PEM files.
+pub fn read_certificate_and_key(certificate: &Path, key: &Path) -> Result<CertificateAndKey> {
+    let certificate_pem = read_certificate_pem(certificate)?;
+    let private_key_pem = read(key)?;
+    if !private_key_pem.contains("PRIVATE KEY-----") {
+        return Err(Error::Pem(format!(
+            "{} holds no private key",
+            key.display()
+        )));
+    }
+    Ok(CertificateAndKey {
+        certificate_pem,
+        private_key_pem,
+    })
+}
+
+pub(crate) fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.display().to_string(),
         source,
@@ -101,6 +146,31 @@ pub fn server_config(material: &CertificateAndKey) -> ServerTlsConfig {
         &material.certificate_pem,
         &material.private_key_pem,
     ))
+}
+
+/// A rustls server configuration (ring, TLS 1.2 and 1.3, no client
+/// authentication) presenting `material` and offering the ALPN protocols
+/// `alpn` (e.g. `[b"h2"]`), for servers built on hyper rather than tonic.
+pub fn rustls_server_config(
+    material: &CertificateAndKey,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>> {
+    let chain = CertificateDer::pem_slice_iter(material.certificate_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|error| Error::Pem(format!("certificate: {error}")))?;
+    if chain.is_empty() {
+        return Err(Error::Pem("no certificate in the chain".to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(material.private_key_pem.as_bytes())
+        .map_err(|error| Error::Pem(format!("private key: {error}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// The client side: trust `ca_pem` (a self-signed server certificate or the
