@@ -310,6 +310,42 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_deployment_config_is_valid() {
+        let config: Config = toml::from_str(include_str!("../../../deploy/ferry.toml"))
+            .expect("deploy/ferry.toml parses");
+        config.validate().expect("deploy/ferry.toml is valid");
+        assert_eq!(
+            config.gateway.routes.len(),
+            ferry_proto::service_names::ALL.len()
+        );
+        assert!(
+            config
+                .database_url()
+                .expect("url")
+                .starts_with("postgres://")
+        );
+    }
+
+    #[test]
+    fn bad_routes_are_explained() {
+        let config: Config =
+            toml::from_str("[gateway.routes]\n\"ferry.v1.Nope\" = [\"https://127.0.0.1:1\"]\n")
+                .expect("parse");
+        let error = config.validate().expect_err("unknown service").to_string();
+        assert!(error.contains("not a ferry service"), "{error}");
+        let config: Config =
+            toml::from_str("[gateway.routes]\n\"ferry.v1.JobService\" = [\"http://x:1\"]\n")
+                .expect("parse");
+        assert!(
+            config
+                .validate()
+                .expect_err("plain http")
+                .to_string()
+                .contains("https://")
+        );
+    }
+
+    #[test]
     fn mistakes_are_explained() {
         assert!(
             toml::from_str::<Config>("lisen = \"x\"").is_err(),
