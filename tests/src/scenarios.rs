@@ -9,7 +9,8 @@ use ferry_proto::v1::{Job, JobSpec, JobState, LogStream, StepSpec, StepState};
 /// The secret the scenarios use.
 pub const SECRET: &str = "hunter2-Sup3r-s3cret-value";
 
-fn step(name: &str, script: &str) -> StepSpec {
+/// A step running `script`.
+pub fn step(name: &str, script: &str) -> StepSpec {
     StepSpec {
         name: name.to_owned(),
         script: script.to_owned(),
@@ -17,7 +18,9 @@ fn step(name: &str, script: &str) -> StepSpec {
     }
 }
 
-fn spec(name: &str, steps: Vec<StepSpec>) -> JobSpec {
+/// A job of the e2e project in the default pool, with [`SECRET`] and a
+/// variable.
+pub fn spec(name: &str, steps: Vec<StepSpec>) -> JobSpec {
     JobSpec {
         name: name.to_owned(),
         project: "e2e".to_owned(),

@@ -40,12 +40,27 @@ impl SimAgent {
         pool: &str,
         name: &str,
     ) -> anyhow::Result<SimAgent> {
+        Self::register_with(channel, pat, pool, name, &[]).await
+    }
+
+    /// Like [`SimAgent::register`], offering `capabilities`.
+    pub async fn register_with(
+        channel: Channel,
+        pat: &Bearer,
+        pool: &str,
+        name: &str,
+        capabilities: &[(&str, &str)],
+    ) -> anyhow::Result<SimAgent> {
         let secret = SecretKey::generate()?;
         let registered = ferry_client::registration(channel.clone(), pat.clone())
             .register(RegisterRequest {
                 pool: pool.to_owned(),
                 name: name.to_owned(),
                 public_key: secret.public_key().as_bytes().to_vec(),
+                capabilities: capabilities
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                    .collect(),
                 ..Default::default()
             })
             .await?
@@ -80,6 +95,11 @@ impl SimAgent {
         self.listener
             .set(&ListenerToken::decode(plaintext.as_slice())?.access_token)?;
         Ok(())
+    }
+
+    /// The listener token it holds now.
+    pub fn listener(&self) -> Bearer {
+        self.listener.clone()
     }
 
     /// One long poll of up to `wait_seconds`: the opened job, if any.

@@ -6,32 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_e2e::{Agent, Server, files_containing};
 use ferry_proto::v1::{
-    CreateAdministratorRequest, JobSpec, JobState, RegisterRequest, RemoveAdministratorRequest,
-    StepSpec,
+    CreateAdministratorRequest, JobState, RegisterRequest, RemoveAdministratorRequest,
 };
 
-const SECRET: &str = "hunter2-Sup3r-s3cret-value";
-
-fn step(name: &str, script: &str) -> StepSpec {
-    StepSpec {
-        name: name.to_owned(),
-        script: script.to_owned(),
-        ..Default::default()
-    }
-}
-
-fn spec(name: &str, steps: Vec<StepSpec>) -> JobSpec {
-    JobSpec {
-        name: name.to_owned(),
-        project: "e2e".to_owned(),
-        pipeline: "flow".to_owned(),
-        pool: "default".to_owned(),
-        secrets: [("SECRET".to_owned(), SECRET.to_owned())].into(),
-        variables: [("GREETING".to_owned(), "hello".to_owned())].into(),
-        steps,
-        ..Default::default()
-    }
-}
+use ferry_e2e::scenarios::{spec, step};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_multi_step_job_with_a_secret_runs_end_to_end() -> anyhow::Result<()> {

@@ -6,13 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferry_client::Bearer;
 use ferry_e2e::jobs::{self, state};
+use ferry_e2e::sim::SimAgent;
 use ferry_e2e::{Agent, Server, eventually, free_port};
-use ferry_envelope::{Opener, PublicKey, SecretKey};
 use ferry_proto::v1::{
-    AgentJob, CancelJobRequest, GetListenerTokenRequest, JobSpec, JobState, ListenerToken,
-    PollJobRequest, RegisterRequest, RemoveAgentRequest, ReportStepRequest, StepSpec, StepState,
+    CancelJobRequest, JobSpec, JobState, RemoveAgentRequest, ReportStepRequest, StepSpec, StepState,
 };
-use prost::Message;
 use tonic::Code;
 
 /// Short leases so lost agents are noticed in seconds.
@@ -164,71 +162,18 @@ async fn a_killed_agent_is_detected_and_its_running_job_fails() -> anyhow::Resul
     Ok(())
 }
 
-/// An agent played by the test: it takes a job and vanishes.
+/// An agent played by the test: it takes a job and vanishes. Returns the
+/// job's id and its (stale-to-be) job token.
 async fn take_a_job_and_vanish(server: &Server) -> anyhow::Result<(String, String)> {
-    let channel = server.channel().await?;
-    let secret = SecretKey::generate()?;
-    let registered = ferry_client::registration(channel.clone(), server.owner())
-        .register(RegisterRequest {
-            pool: "default".to_owned(),
-            name: "vanishing".to_owned(),
-            public_key: secret.public_key().as_bytes().to_vec(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let opener = Opener::new(
-        secret,
-        &PublicKey::from_slice(&registered.server_public_key)?,
-    )?;
-    let sealed = ferry_client::tokens(channel.clone())
-        .get_listener_token(GetListenerTokenRequest {
-            agent_id: registered.agent_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .sealed_token
-        .context("sealed")?;
-    let envelope = ferry_envelope::Envelope::from_parts(
-        sealed.version,
-        &sealed.ephemeral_public_key,
-        &sealed.nonce,
-        sealed.ciphertext,
-    )?;
-    let token = ListenerToken::decode(
-        opener
-            .open(
-                &ferry_envelope::listener_token_context(&registered.agent_id),
-                &envelope,
-            )?
-            .as_slice(),
-    )?
-    .access_token;
-    let polled = ferry_client::jobs(channel, Bearer::new(&token)?)
-        .poll_job(PollJobRequest {
-            wait: Some(prost_types::Duration {
-                seconds: 10,
-                nanos: 0,
-            }),
-        })
-        .await?
-        .into_inner();
-    let sealed = polled.sealed_job.context("a job")?;
-    let envelope = ferry_envelope::Envelope::from_parts(
-        sealed.version,
-        &sealed.ephemeral_public_key,
-        &sealed.nonce,
-        sealed.ciphertext,
-    )?;
-    let job = AgentJob::decode(
-        opener
-            .open(
-                &ferry_envelope::job_context(&polled.job_id, &registered.agent_id),
-                &envelope,
-            )?
-            .as_slice(),
-    )?;
-    Ok((polled.job_id, job.job_token))
+    let agent = SimAgent::register(
+        server.channel().await?,
+        &server.owner(),
+        "default",
+        "vanishing",
+    )
+    .await?;
+    let job = agent.poll(10).await?.context("a job")?;
+    Ok((job.job_id, job.job_token))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,60 +266,13 @@ async fn removing_an_agent_ends_its_long_poll_at_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let channel = server.channel().await?;
-    let secret = SecretKey::generate()?;
-    let registered = ferry_client::registration(channel.clone(), server.owner())
-        .register(RegisterRequest {
-            pool: "default".to_owned(),
-            name: "removed".to_owned(),
-            public_key: secret.public_key().as_bytes().to_vec(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let opener = Opener::new(
-        secret,
-        &PublicKey::from_slice(&registered.server_public_key)?,
-    )?;
-    let sealed = ferry_client::tokens(channel.clone())
-        .get_listener_token(GetListenerTokenRequest {
-            agent_id: registered.agent_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .sealed_token
-        .context("sealed")?;
-    let envelope = ferry_envelope::Envelope::from_parts(
-        sealed.version,
-        &sealed.ephemeral_public_key,
-        &sealed.nonce,
-        sealed.ciphertext,
-    )?;
-    let token = ListenerToken::decode(
-        opener
-            .open(
-                &ferry_envelope::listener_token_context(&registered.agent_id),
-                &envelope,
-            )?
-            .as_slice(),
-    )?
-    .access_token;
-    let mut poller = ferry_client::jobs(channel.clone(), Bearer::new(&token)?);
-    let poll = tokio::spawn(async move {
-        poller
-            .poll_job(PollJobRequest {
-                wait: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-            })
-            .await
-    });
+    let agent = SimAgent::register(channel.clone(), &server.owner(), "default", "removed").await?;
+    let agent_id = agent.id.clone();
+    let poll = tokio::spawn(async move { agent.poll(60).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let removed_at = Instant::now();
     ferry_client::registration(channel, server.owner())
-        .remove_agent(RemoveAgentRequest {
-            agent_id: registered.agent_id.clone(),
-        })
+        .remove_agent(RemoveAgentRequest { agent_id })
         .await?;
     let answer = tokio::time::timeout(Duration::from_secs(5), poll).await??;
     assert_eq!(answer.expect_err("refused").code(), Code::Unauthenticated);

@@ -8,13 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_client::Bearer;
 use ferry_e2e::jobs::{self, state};
+use ferry_e2e::sim::SimAgent;
 use ferry_e2e::{Agent, Server, binary};
-use ferry_envelope::{Opener, PublicKey, SecretKey};
 use ferry_proto::v1::{
-    CompleteJobRequest, DownloadArtifactRequest, DownloadSourceRequest, GetListenerTokenRequest,
-    JobResult, JobSpec, JobState, ListenerToken, PollJobRequest, RegisterRequest, StepSpec,
+    CompleteJobRequest, DownloadArtifactRequest, DownloadSourceRequest, JobResult, JobSpec,
+    JobState, StepSpec,
 };
-use prost::Message;
 use tonic::Code;
 
 const REPORT: &str = r#"<?xml version="1.0"?>
@@ -184,44 +183,14 @@ async fn a_job_token_reaches_only_its_own_job_and_pipeline() -> anyhow::Result<(
 
     // A job of another pipeline, taken by an agent played by the test.
     let channel = server.channel().await?;
-    let secret = SecretKey::generate()?;
-    let registered = ferry_client::registration(channel.clone(), server.owner())
-        .register(RegisterRequest {
-            pool: "default".to_owned(),
-            name: "player".to_owned(),
-            public_key: secret.public_key().as_bytes().to_vec(),
-            capabilities: [("player".to_owned(), "yes".to_owned())].into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let opener = Opener::new(
-        secret,
-        &PublicKey::from_slice(&registered.server_public_key)?,
-    )?;
-    let sealed = ferry_client::tokens(channel.clone())
-        .get_listener_token(GetListenerTokenRequest {
-            agent_id: registered.agent_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .sealed_token
-        .context("sealed")?;
-    let envelope = ferry_envelope::Envelope::from_parts(
-        sealed.version,
-        &sealed.ephemeral_public_key,
-        &sealed.nonce,
-        sealed.ciphertext,
-    )?;
-    let listener = ListenerToken::decode(
-        opener
-            .open(
-                &ferry_envelope::listener_token_context(&registered.agent_id),
-                &envelope,
-            )?
-            .as_slice(),
-    )?
-    .access_token;
+    let player = SimAgent::register_with(
+        channel.clone(),
+        &server.owner(),
+        "default",
+        "player",
+        &[("player", "yes")],
+    )
+    .await?;
     let job_b = jobs::queue(
         &server,
         JobSpec {
@@ -239,32 +208,9 @@ async fn a_job_token_reaches_only_its_own_job_and_pipeline() -> anyhow::Result<(
         },
     )
     .await?;
-    let polled = ferry_client::jobs(channel.clone(), Bearer::new(&listener)?)
-        .poll_job(PollJobRequest {
-            wait: Some(prost_types::Duration {
-                seconds: 10,
-                nanos: 0,
-            }),
-        })
-        .await?
-        .into_inner();
+    let polled = player.poll(10).await?.context("a job")?;
     assert_eq!(polled.job_id, job_b.id);
-    let sealed = polled.sealed_job.context("job")?;
-    let envelope = ferry_envelope::Envelope::from_parts(
-        sealed.version,
-        &sealed.ephemeral_public_key,
-        &sealed.nonce,
-        sealed.ciphertext,
-    )?;
-    let token_b = ferry_proto::v1::AgentJob::decode(
-        opener
-            .open(
-                &ferry_envelope::job_context(&job_b.id, &registered.agent_id),
-                &envelope,
-            )?
-            .as_slice(),
-    )?
-    .job_token;
+    let token_b = polled.job_token;
 
     let mut resources =
         ferry_proto::v1::resource_service_client::ResourceServiceClient::with_interceptor(
