@@ -59,6 +59,14 @@ pub struct Process {
 }
 
 impl Process {
+    /// Wraps a started child (killed when dropped).
+    pub fn new(child: Child, name: &str) -> Process {
+        Process {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -275,6 +283,12 @@ impl Agent {
 
     /// Starts `ferry-agent run` with extra arguments.
     pub fn run(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.run_with_env(extra, &[])
+    }
+
+    /// Starts `ferry-agent run` with extra arguments and environment
+    /// variables (e.g. `OTEL_*`).
+    pub fn run_with_env(&mut self, extra: &[&str], env: &[(String, String)]) -> anyhow::Result<()> {
         let child = Command::new(binary("ferry-agent"))
             .arg("run")
             .arg("--dir")
@@ -282,6 +296,7 @@ impl Agent {
             .args(extra)
             .env_remove("FERRY_TOKEN")
             .env("FERRY_LOG", "info")
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()

@@ -265,10 +265,56 @@ impl Config {
         if self.tokens.issuer.is_empty() {
             bail!("tokens.issuer is empty");
         }
-        if self.dispatch.max_poll_wait < Duration::from_secs(1)
-            || self.dispatch.max_poll_wait > Duration::from_secs(600)
-        {
+        self.validate_dispatch()?;
+        self.validate_routes()
+    }
+
+    fn validate_dispatch(&self) -> anyhow::Result<()> {
+        let dispatch = &self.dispatch;
+        let within = |value: Duration, low: Duration, high: Duration| value >= low && value <= high;
+        if !within(
+            dispatch.max_poll_wait,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        ) {
             bail!("dispatch.max-poll-wait must be between 1s and 10m");
+        }
+        if !within(
+            dispatch.lease,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        ) {
+            bail!("dispatch.lease must be between 1s and 10m");
+        }
+        if !within(
+            dispatch.reap_interval,
+            Duration::from_millis(100),
+            dispatch.lease,
+        ) {
+            bail!("dispatch.reap-interval must be between 100ms and dispatch.lease");
+        }
+        if dispatch.max_attempts == 0 || dispatch.max_attempts > 100 {
+            bail!("dispatch.max-attempts must be between 1 and 100");
+        }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> anyhow::Result<()> {
+        for (service, replicas) in &self.gateway.routes {
+            if !ferry_proto::service_names::ALL.contains(&service.as_str()) {
+                bail!(
+                    "gateway.routes names {service:?}, which is not a ferry service (one of {})",
+                    ferry_proto::service_names::ALL.join(", ")
+                );
+            }
+            if replicas.is_empty() {
+                bail!("gateway.routes.{service:?} lists no replica");
+            }
+            if let Some(bad) = replicas.iter().find(|url| !url.starts_with("https://")) {
+                bail!(
+                    "gateway.routes.{service:?}: {bad:?} must be an https:// URL (the mesh is mutual TLS)"
+                );
+            }
         }
         Ok(())
     }

@@ -145,14 +145,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .first_token
         .clone()
         .context("a fresh data directory must yield a first PAT")?;
-    println!(
+    say!(
         "▶ ferryd serving on {url} (SQLite and keys in {})",
         config.data_dir.display()
     );
 
     let agent_dir = root.join("agent");
     configure_agent(&url, &token, &running.certificate_path, &agent_dir).await?;
-    println!("▶ agent configured: it holds its private key, never the PAT");
+    say!("▶ agent configured: it holds its private key, never the PAT");
 
     let mut agent = agent_command()?;
     agent
@@ -164,7 +164,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .kill_on_drop(true);
     let mut agent = agent.spawn().context("cannot start ferry-agent run")?;
     relay(&mut agent);
-    println!("▶ agent started (pid {})", agent.id().unwrap_or_default());
+    say!("▶ agent started (pid {})", agent.id().unwrap_or_default());
 
     let server_address = ServerAddress::new(
         url.clone(),
@@ -180,12 +180,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .into_inner()
         .job
         .context("the server returned no job")?;
-    println!(
+    say!(
         "▶ queued job {} ({} steps, secret DEPLOY_TOKEN)",
         queued.id,
         queued.steps.len()
     );
-    println!("▶ following its logs live:\n");
+    say!("▶ following its logs live:\n");
 
     let mut client = ferryctl::Client::new(url.clone(), channel.clone(), bearer.clone());
     let mut stdout = std::io::stdout();
@@ -205,9 +205,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .job
         .context("the server returned no job")?;
     let micros = |time: &Option<prost_types::Timestamp>| time.as_ref().map(micros_from_timestamp);
-    println!();
+    say!();
     for step in &job.steps {
-        println!(
+        say!(
             "  step {} {:<8} exit {}",
             step.index + 1,
             step.name,
@@ -218,12 +218,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if let (Some(queued_at), Some(assigned_at)) =
         (micros(&job.queue_time), micros(&job.assign_time))
     {
-        println!(
+        say!(
             "▶ dispatch: queued → handed to the agent in {:.2} ms",
             (assigned_at - queued_at) as f64 / 1000.0
         );
     }
-    println!(
+    say!(
         "▶ job {}: {} in {:.1} s ({} log lines; the secret never left the agent unmasked)",
         job.id,
         JobState::try_from(job.state)
@@ -247,7 +247,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     running.stop().await?;
     if args.keep {
         let kept = temp.keep();
-        println!("▶ kept {}", kept.display());
+        say!("▶ kept {}", kept.display());
     }
     Ok(if final_state == JobState::Succeeded {
         ExitCode::SUCCESS

@@ -2,6 +2,15 @@
 //! (the embedded default: SQLite file, self-signed TLS); `ferryd demo` runs
 //! a whole job end to end on a temporary one.
 
+/// Prints a line on stdout. A reader that went away (a closed pipe) is no
+/// reason for a server to stop, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod config;
 mod data_dir;
 mod demo;
@@ -184,20 +193,20 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let mut running = server::start(&config).await?;
-    println!(
+    say!(
         "ferryd {} serving on https://{} (data dir {})",
         env!("CARGO_PKG_VERSION"),
         running.address,
         config.data_dir.display()
     );
-    println!(
+    say!(
         "agents trust this certificate with --ca-cert: {}",
         running.certificate_path.display()
     );
     if let Some(token) = &running.first_token {
-        println!("first start: created pool \"default\" and administrator \"owner\".");
-        println!("owner's PAT (shown once; ferryd keeps only its hash):");
-        println!("    {token}");
+        say!("first start: created pool \"default\" and administrator \"owner\".");
+        say!("owner's PAT (shown once; ferryd keeps only its hash):");
+        say!("    {token}");
     }
     tokio::select! {
         result = running.wait() => result,
@@ -214,7 +223,7 @@ async fn serve_one(service: server::ServiceName, args: ServeArgs) -> anyhow::Res
         .context("ferryd serve needs --listen ADDR: this replica's mesh port")?;
     let config = args.config()?;
     let mut running = server::start_role(&config, server::Role::One(service), listen).await?;
-    println!(
+    say!(
         "ferryd serve {} listening on https://{} (mesh TLS)",
         service.as_str(),
         running.address
@@ -247,7 +256,7 @@ async fn gateway(routes: Vec<String>, args: ServeArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     let running = mesh::start_gateway(&config).await?;
-    println!("ferryd gateway serving on https://{}", running.address);
+    say!("ferryd gateway serving on https://{}", running.address);
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await?;
@@ -258,18 +267,18 @@ async fn init(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     match server::init(&config).await? {
         Some(token) => {
-            println!("created pool \"default\" and administrator \"owner\".");
-            println!("owner's PAT (shown once; ferryd keeps only its hash):");
-            println!("    {token}");
+            say!("created pool \"default\" and administrator \"owner\".");
+            say!("owner's PAT (shown once; ferryd keeps only its hash):");
+            say!("    {token}");
         }
-        None => println!("already initialised: {}", config.data_dir.display()),
+        None => say!("already initialised: {}", config.data_dir.display()),
     }
     Ok(())
 }
 
 fn certs_init(dir: &std::path::Path) -> anyhow::Result<()> {
     ferry_tls::issue_mesh(dir, &mesh::CERTIFICATE_NAMES)?;
-    println!("mesh certificates in {} (CA: ca.crt)", dir.display());
+    say!("mesh certificates in {} (CA: ca.crt)", dir.display());
     Ok(())
 }
 
@@ -277,13 +286,13 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let checked = config::Config::load(file).and_then(|config| config.validate().map(|()| config));
     match checked {
         Ok(config) => {
-            println!("{}: valid", file.display());
-            println!(
+            say!("{}: valid", file.display());
+            say!(
                 "  listen {}, data dir {}",
                 config.listen,
                 config.data_dir.display()
             );
-            println!(
+            say!(
                 "  database {}",
                 config
                     .database_url()
@@ -293,7 +302,7 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
             );
             for (service, replicas) in &config.gateway.routes {
-                println!("  route {service} -> {}", replicas.join(", "));
+                say!("  route {service} -> {}", replicas.join(", "));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -314,7 +323,8 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    let _telemetry = ferry_observability::init(cli.log_format, default_filter);
+    let telemetry =
+        ferry_observability::init(&service_name(&cli.command), cli.log_format, default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -341,12 +351,25 @@ fn main() -> ExitCode {
             Command::Agent { .. } => Ok(ExitCode::SUCCESS),
         }
     });
+    // Export what is buffered while the runtime is still there.
+    telemetry.shutdown();
+    drop(runtime);
     match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The `service.name` of this process: `ferry-<service>` for one service
+/// of the mesh, `ferry-gateway`, or `ferryd`.
+fn service_name(command: &Command) -> String {
+    match command {
+        Command::Serve { service, .. } => format!("ferry-{}", service.as_str()),
+        Command::Gateway { .. } => "ferry-gateway".to_owned(),
+        _ => "ferryd".to_owned(),
     }
 }
 
@@ -357,7 +380,7 @@ fn agent(args: Vec<OsString>) -> ExitCode {
     let mut argv = vec![OsString::from("ferry-agent")];
     argv.extend(args);
     let cli = ferry_agent::Cli::parse_from(argv);
-    let _telemetry = ferry_observability::init(LogFormat::Human, "info");
+    let _telemetry = ferry_observability::init("ferry-agent", LogFormat::Human, "info");
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")
         .and_then(|runtime| runtime.block_on(ferry_agent::run(cli)));

@@ -96,12 +96,10 @@ pub async fn run(command: MeshCommand) -> anyhow::Result<ExitCode> {
     ferry_tls::issue_mesh(&config.mesh.certificates_dir, &CERTIFICATE_NAMES)?;
     match server::init(&config).await? {
         Some(token) => {
-            println!(
-                "created pool \"default\" and administrator \"owner\"; owner's PAT (shown once):"
-            );
-            println!("    {token}");
+            say!("created pool \"default\" and administrator \"owner\"; owner's PAT (shown once):");
+            say!("    {token}");
         }
-        None => println!("data directory and database already initialised"),
+        None => say!("data directory and database already initialised"),
     }
 
     let config_path = args.config.display().to_string();
@@ -132,9 +130,11 @@ pub async fn run(command: MeshCommand) -> anyhow::Result<ExitCode> {
         gateway_args.push(format!("{service}={}", urls.join(",")));
     }
     children.push(spawn(&gateway_args)?);
-    println!(
+    say!(
         "mesh up: gateway on https://{}, {} replicas of each service from port {}; Ctrl-C stops it",
-        config.gateway.listen, args.replicas, args.base_port
+        config.gateway.listen,
+        args.replicas,
+        args.base_port
     );
 
     let exited = async {
