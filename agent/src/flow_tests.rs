@@ -308,7 +308,8 @@ async fn a_refused_listener_token_is_replaced_at_once() {
         .expect("the agent recovers quickly")
         .expect("run");
     let state = fake.state();
-    assert_eq!(state.token_fetches, 2);
+    // The refused one, its replacement, and the fresh one after the job.
+    assert_eq!(state.token_fetches, 3);
     assert_eq!(state.completions.len(), 1);
     assert_eq!(state.completions[0].result, JobResult::Succeeded as i32);
     assert_eq!(state.completions[0].message, "all 1 steps succeeded");

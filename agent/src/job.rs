@@ -15,6 +15,7 @@ use ferry_proto::v1::job_service_client::JobServiceClient;
 use ferry_proto::v1::resource_service_client::ResourceServiceClient;
 use ferry_proto::v1::{AgentJob, CompleteJobRequest, JobResult, ReportStepRequest, StepState};
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 
 use crate::backoff::seconds;
 use crate::joblog::JobLog;
@@ -27,6 +28,7 @@ use crate::source;
 use crate::spool;
 use crate::step::{StepCommand, run_step};
 use crate::stop::{Stop, StopSignal};
+use crate::telemetry;
 use crate::upload;
 
 /// A job's timeout when it names none.
@@ -107,8 +109,32 @@ struct Calls {
 
 /// Runs `job` to its end and completes it (unless its lease is lost); never
 /// fails: whatever goes wrong is the job's result or a log line. Setting
-/// `stop` interrupts it.
+/// `stop` interrupts it. All of it happens in the job's span, which joins
+/// the trace the server started when the job was queued.
 pub async fn run(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobReport {
+    let span = span(&job);
+    run_in(context, job, stop, &span).await
+}
+
+/// The job's span: a child of the trace context the server handed over.
+pub fn span(job: &AgentJob) -> tracing::Span {
+    telemetry::job_span(job, &Masker::new(job.secrets.values()))
+}
+
+/// [`run`] in `span` (from [`span`]), which records the job's result and
+/// stays open for what the caller does next for the job.
+pub async fn run_in(
+    context: &JobContext,
+    job: AgentJob,
+    stop: StopSignal,
+    span: &tracing::Span,
+) -> JobReport {
+    let report = run_job(context, job, stop).instrument(span.clone()).await;
+    telemetry::job_ended(span, report.result, report.lease_lost);
+    report
+}
+
+async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobReport {
     let job_id = job.job_id.clone();
     tracing::info!(job_id = %job_id, name = %job.name, steps = job.steps.len(), attempt = job.attempt, "job started");
     let bearer = match Bearer::new(&job.job_token) {
@@ -246,8 +272,6 @@ async fn run_steps(
     job: &AgentJob,
     log: &mut JobLog,
 ) -> (JobResult, String) {
-    let total = job.steps.len();
-    let last_index = u32::try_from(total.saturating_sub(1)).unwrap_or(u32::MAX);
     let (workspace, script_dir) = match prepare_workspace(&settings.work_dir, &job.job_id) {
         Ok(paths) => paths,
         Err(error) => {
@@ -275,98 +299,23 @@ async fn run_steps(
     let mut tolerated = 0usize;
     for (index, spec) in job.steps.iter().enumerate() {
         let step_index = u32::try_from(index).unwrap_or(u32::MAX);
+        let span = telemetry::step_span(step_index, &log.mask(&spec.name));
         if failure.is_some() || calls.stop.is_set() {
-            log.system(step_index, &format!("step {} skipped", spec.name))
-                .await;
-            report_step(calls, &job.job_id, index, StepState::Skipped, None).await;
+            async {
+                log.system(step_index, &format!("step {} skipped", spec.name))
+                    .await;
+                report_step(calls, &job.job_id, index, StepState::Skipped, None).await;
+            }
+            .instrument(span.clone())
+            .await;
+            telemetry::step_ended(&span, StepState::Skipped, None);
             continue;
         }
-        report_step(calls, &job.job_id, index, StepState::Running, None).await;
-        log.system(
-            step_index,
-            &format!("▶ step {}/{}: {}", index + 1, total, spec.name),
-        )
-        .await;
-        let timeout = spec
-            .timeout
-            .as_ref()
-            .map(duration_from_proto)
-            .filter(|timeout| !timeout.is_zero())
-            .unwrap_or(NO_STEP_TIMEOUT);
-        let command = StepCommand {
-            index: step_index,
-            name: spec.name.clone(),
-            script: spec.script.clone(),
-            shell: spec.shell.clone(),
-            workspace: workspace.clone(),
-            script_dir: script_dir.clone(),
-            env: step_env(job, spec, &workspace),
-            timeout,
-        };
-        let end = match run_step(&command, log, &calls.stop).await {
-            Ok(outcome) => {
-                log.system(
-                    step_index,
-                    &format!(
-                        "step {} exited with code {} ({})",
-                        spec.name,
-                        outcome.exit_code,
-                        seconds(outcome.elapsed)
-                    ),
-                )
-                .await;
-                let stopped = if outcome.interrupted {
-                    calls.stop.get()
-                } else {
-                    None
-                };
-                match stopped {
-                    Some(Stop::Canceled(reason)) => StepEnd {
-                        state: StepState::Canceled,
-                        exit_code: Some(outcome.exit_code),
-                        problem: Some(reason),
-                    },
-                    Some(stop) => StepEnd {
-                        state: StepState::Failed,
-                        exit_code: Some(outcome.exit_code),
-                        problem: Some(stop.describe()),
-                    },
-                    None if outcome.timed_out => StepEnd {
-                        state: StepState::Failed,
-                        exit_code: Some(outcome.exit_code),
-                        problem: Some(format!(
-                            "step {} timed out after {}",
-                            spec.name,
-                            seconds(timeout)
-                        )),
-                    },
-                    None if outcome.exit_code != 0 => StepEnd {
-                        state: StepState::Failed,
-                        exit_code: Some(outcome.exit_code),
-                        problem: Some(format!(
-                            "step {} failed with exit code {}",
-                            spec.name, outcome.exit_code
-                        )),
-                    },
-                    None => StepEnd {
-                        state: StepState::Succeeded,
-                        exit_code: Some(outcome.exit_code),
-                        problem: None,
-                    },
-                }
-            }
-            Err(error) => {
-                let message = format!("step {} could not start: {error:#}", spec.name);
-                log.system(step_index, &message).await;
-                StepEnd {
-                    state: StepState::Failed,
-                    exit_code: None,
-                    problem: Some(message),
-                }
-            }
-        };
-        tracing::info!(job_id = %job.job_id, step = index + 1, name = %log.mask(&spec.name), exit_code = end.exit_code, state = end.state.as_str_name(), "step finished");
-        report_step(calls, &job.job_id, index, end.state, end.exit_code).await;
+        let end = run_one_step(calls, job, index, spec, &workspace, &script_dir, log)
+            .instrument(span.clone())
+            .await;
+        telemetry::step_ended(&span, end.state, end.exit_code);
+        drop(span);
         if let Some(problem) = end.problem {
             if spec.continue_on_error && end.state == StepState::Failed && !calls.stop.is_set() {
                 tolerated += 1;
@@ -380,13 +329,141 @@ async fn run_steps(
             }
         }
     }
+    finish_steps(
+        calls,
+        job,
+        log,
+        &workspace,
+        &script_dir,
+        source_ok,
+        failure,
+        tolerated,
+    )
+    .await
+}
 
+/// Runs one step in the current (step) span: reports it running, runs it,
+/// reports how it ended.
+async fn run_one_step(
+    calls: &Calls,
+    job: &AgentJob,
+    index: usize,
+    spec: &ferry_proto::v1::StepSpec,
+    workspace: &Path,
+    script_dir: &Path,
+    log: &mut JobLog,
+) -> StepEnd {
+    let total = job.steps.len();
+    let step_index = u32::try_from(index).unwrap_or(u32::MAX);
+    report_step(calls, &job.job_id, index, StepState::Running, None).await;
+    log.system(
+        step_index,
+        &format!("▶ step {}/{}: {}", index + 1, total, spec.name),
+    )
+    .await;
+    let timeout = spec
+        .timeout
+        .as_ref()
+        .map(duration_from_proto)
+        .filter(|timeout| !timeout.is_zero())
+        .unwrap_or(NO_STEP_TIMEOUT);
+    let command = StepCommand {
+        index: step_index,
+        name: spec.name.clone(),
+        script: spec.script.clone(),
+        shell: spec.shell.clone(),
+        workspace: workspace.to_path_buf(),
+        script_dir: script_dir.to_path_buf(),
+        env: step_env(job, spec, workspace),
+        timeout,
+    };
+    let end = match run_step(&command, log, &calls.stop).await {
+        Ok(outcome) => {
+            log.system(
+                step_index,
+                &format!(
+                    "step {} exited with code {} ({})",
+                    spec.name,
+                    outcome.exit_code,
+                    seconds(outcome.elapsed)
+                ),
+            )
+            .await;
+            let stopped = if outcome.interrupted {
+                calls.stop.get()
+            } else {
+                None
+            };
+            match stopped {
+                Some(Stop::Canceled(reason)) => StepEnd {
+                    state: StepState::Canceled,
+                    exit_code: Some(outcome.exit_code),
+                    problem: Some(reason),
+                },
+                Some(stop) => StepEnd {
+                    state: StepState::Failed,
+                    exit_code: Some(outcome.exit_code),
+                    problem: Some(stop.describe()),
+                },
+                None if outcome.timed_out => StepEnd {
+                    state: StepState::Failed,
+                    exit_code: Some(outcome.exit_code),
+                    problem: Some(format!(
+                        "step {} timed out after {}",
+                        spec.name,
+                        seconds(timeout)
+                    )),
+                },
+                None if outcome.exit_code != 0 => StepEnd {
+                    state: StepState::Failed,
+                    exit_code: Some(outcome.exit_code),
+                    problem: Some(format!(
+                        "step {} failed with exit code {}",
+                        spec.name, outcome.exit_code
+                    )),
+                },
+                None => StepEnd {
+                    state: StepState::Succeeded,
+                    exit_code: Some(outcome.exit_code),
+                    problem: None,
+                },
+            }
+        }
+        Err(error) => {
+            let message = format!("step {} could not start: {error:#}", spec.name);
+            log.system(step_index, &message).await;
+            StepEnd {
+                state: StepState::Failed,
+                exit_code: None,
+                problem: Some(message),
+            }
+        }
+    };
+    tracing::info!(job_id = %job.job_id, step = index + 1, name = %log.mask(&spec.name), exit_code = end.exit_code, state = end.state.as_str_name(), "step finished");
+    report_step(calls, &job.job_id, index, end.state, end.exit_code).await;
+    end
+}
+
+/// After the steps: uploads, clean-up, and the job's result and message.
+#[allow(clippy::too_many_arguments)]
+async fn finish_steps(
+    calls: &Calls,
+    job: &AgentJob,
+    log: &mut JobLog,
+    workspace: &Path,
+    script_dir: &Path,
+    source_ok: bool,
+    failure: Option<String>,
+    tolerated: usize,
+) -> (JobResult, String) {
+    let total = job.steps.len();
+    let last_index = u32::try_from(total.saturating_sub(1)).unwrap_or(u32::MAX);
     let uploads_follow = calls.stop.get().is_none_or(|stop| stop.uploads_follow());
     if source_ok && uploads_follow && (!job.test_results.is_empty() || !job.artifacts.is_empty()) {
         let publish = upload::publish(
             &calls.resources,
             &job.job_id,
-            &workspace,
+            workspace,
             &job.test_results,
             &job.artifacts,
             log,
@@ -399,7 +476,7 @@ async fn run_steps(
             }
         }
     }
-    cleanup(&job.job_id, &workspace, &script_dir);
+    cleanup(&job.job_id, workspace, script_dir);
     let (result, message) = match calls.stop.get() {
         Some(Stop::Canceled(reason)) => (JobResult::Canceled, reason),
         Some(stop) => (JobResult::Failed, stop.describe()),

@@ -16,6 +16,7 @@ use prost::Message as _;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::backoff::{Backoff, seconds};
 use crate::rpc::{describe, job_token_context, open_sealed};
@@ -74,7 +75,7 @@ pub fn spawn(
     lease: Lease,
     stop: StopSignal,
 ) -> JoinHandle<()> {
-    tokio::spawn(renew(jobs, bearer, lease, stop))
+    tokio::spawn(renew(jobs, bearer, lease, stop).in_current_span())
 }
 
 async fn renew(jobs: JobServiceClient<Authorized>, bearer: Bearer, lease: Lease, stop: StopSignal) {

@@ -30,6 +30,7 @@ pub mod source;
 pub mod spool;
 pub mod step;
 pub mod stop;
+pub mod telemetry;
 pub mod upload;
 
 #[cfg(test)]

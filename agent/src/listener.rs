@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 
 use crate::backoff::{Backoff, seconds};
 use crate::cli::RunArgs;
@@ -233,6 +234,29 @@ impl Listener {
         let refresh_in = life.mul_f64(0.8).max(Duration::from_secs(1));
         tracing::debug!(refresh_in = %seconds(refresh_in), "listener token refreshed");
         Ok(Instant::now() + refresh_in)
+    }
+
+    /// After a job, a fresh listener token: a job may outlive the old one
+    /// (10 minutes by default), and the agent goes back to polling with a
+    /// token whose whole life is ahead instead of learning it from a
+    /// refused poll. Called in the job's span, so the call belongs to the
+    /// job's trace. Failures are left to the next poll.
+    async fn renew_after_job(&self) {
+        let mut refresh_at = self.refresh_at.lock().await;
+        match self.refresh_token().await {
+            Ok(at) => *refresh_at = Some(at),
+            Err(PollError::Fatal(error)) => {
+                tracing::debug!(
+                    error = format!("{error:#}"),
+                    "cannot renew the listener token after the job"
+                );
+                *refresh_at = None;
+            }
+            Err(PollError::Transient(error) | PollError::Unauthenticated(error)) => {
+                tracing::debug!(%error, "cannot renew the listener token after the job");
+                *refresh_at = None;
+            }
+        }
     }
 
     /// One long poll: a job, or `None` when the wait ended.
@@ -511,8 +535,18 @@ async fn slot(slot_index: u32, shared: Arc<Shared>) -> anyhow::Result<Option<Job
 /// Runs one job; a drain request meanwhile lets it finish, a cancel request
 /// cancels it.
 async fn run_job(shared: &Shared, job: AgentJob) -> JobReport {
+    let span = job::span(&job);
+    let report = supervise_job(shared, job, &span).await;
+    if shared.shutdown.state() != ShutdownState::Canceling {
+        shared.listener.renew_after_job().instrument(span).await;
+    }
+    report
+}
+
+/// Runs the job in `span`, stopping it when the agent is.
+async fn supervise_job(shared: &Shared, job: AgentJob, span: &tracing::Span) -> JobReport {
     let stop = StopSignal::new();
-    let run = job::run(&shared.context, job, stop.clone());
+    let run = job::run_in(&shared.context, job, stop.clone(), span);
     tokio::pin!(run);
     let mut noted = false;
     loop {

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tracing::Instrument as _;
 
 use crate::backoff::{Backoff, seconds};
 use crate::rpc::describe;
@@ -39,6 +40,8 @@ pub const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// A stream that lasted this long was healthy: the reconnect backoff starts
 /// over after it.
 const HEALTHY_STREAM: Duration = Duration::from_secs(10);
+/// How long a finished log stream waits for the server to end the call.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What the uploader achieved once the job's log was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +111,7 @@ pub fn start(
         flush_now: false,
         stop,
     };
-    (sender, tokio::spawn(uploader.run()))
+    (sender, tokio::spawn(uploader.run().in_current_span()))
 }
 
 /// A line held in memory, and the size of its spool record (0 if none).
@@ -374,6 +377,14 @@ impl Uploader {
         let mut opened = false;
         loop {
             if self.closing && self.backlog.is_empty() {
+                // Close our side and let the server end the call with its
+                // status, rather than cancelling it (a trace then shows the
+                // stream as the success it was).
+                drop(requests);
+                if let Some(mut responses) = responses.take() {
+                    let drain = async { while let Ok(Some(_)) = responses.message().await {} };
+                    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+                }
                 return Ok(());
             }
             let unsent = self.backlog.window.len() - self.sent;

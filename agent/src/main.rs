@@ -1,22 +1,25 @@
-//! The `ferry-agent` binary: sets up logging to stderr, parses the command
+//! The `ferry-agent` binary: sets up logging to stderr (and, when an OTLP
+//! endpoint is configured, trace and metric export), parses the command
 //! line and runs it; errors become one `error: …` line and exit code 1.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
+use ferry_observability::LogFormat;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // FERRY_LOG_FORMAT=json for JSON lines with trace and span ids.
+    let format = std::env::var("FERRY_LOG_FORMAT")
+        .ok()
+        .and_then(|format| format.parse::<LogFormat>().ok())
+        .unwrap_or_default();
+    let telemetry = ferry_observability::init("ferry-agent", format, "info");
     let cli = ferry_agent::Cli::parse();
-    match ferry_agent::run(cli).await {
+    let result = ferry_agent::run(cli).await;
+    // Export the last spans before the process ends.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

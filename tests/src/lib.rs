@@ -6,6 +6,7 @@
 //! test executable (`target/<profile>/`).
 
 pub mod mesh;
+pub mod otlp;
 pub mod scenarios;
 pub mod sim;
 

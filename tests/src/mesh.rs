@@ -60,10 +60,11 @@ fn run(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn spawn(name: &str, args: &[String]) -> anyhow::Result<Process> {
+fn spawn(name: &str, args: &[String], env: &[(String, String)]) -> anyhow::Result<Process> {
     let child = Command::new(binary("ferryd"))
         .args(args)
         .env("FERRY_LOG", "warn")
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -83,6 +84,18 @@ impl Mesh {
         replicas: usize,
         dispatch_replicas: usize,
         extra: &str,
+    ) -> anyhow::Result<Mesh> {
+        Self::start_with_env(dir, replicas, dispatch_replicas, extra, &[]).await
+    }
+
+    /// [`Mesh::start`] with extra environment variables for every service
+    /// process and the gateway (e.g. `OTEL_*` to export telemetry).
+    pub async fn start_with_env(
+        dir: &Path,
+        replicas: usize,
+        dispatch_replicas: usize,
+        extra: &str,
+        env: &[(String, String)],
     ) -> anyhow::Result<Mesh> {
         let turn = TURN.clone().lock_owned().await;
         let database = PostgresCluster::shared().context("cannot start PostgreSQL")?;
@@ -130,6 +143,7 @@ impl Mesh {
                         "--config".into(),
                         config.clone(),
                     ],
+                    env,
                 )?;
                 routes
                     .entry(grpc_name)
@@ -143,7 +157,7 @@ impl Mesh {
             gateway_args.push("--route".to_owned());
             gateway_args.push(format!("{service}={}", urls.join(",")));
         }
-        let gateway = spawn("gateway", &gateway_args)?;
+        let gateway = spawn("gateway", &gateway_args, env)?;
         let mesh = Mesh {
             url: format!("https://localhost:{gateway_port}"),
             owner_token,

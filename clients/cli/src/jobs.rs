@@ -462,6 +462,7 @@ pub fn job_details(job: &Job, now: i64) -> String {
         ("demands", format::pairs(&job.demands)),
         ("secrets", format::or_dash(&secrets.join(","))),
         ("source", format::or_dash(&job.source_id)),
+        ("trace id", format::or_dash(&job.trace_id)),
         ("queued", time_detail(job.queue_time.as_ref(), now)),
         ("assigned", time_detail(job.assign_time.as_ref(), now)),
         ("started", time_detail(job.start_time.as_ref(), now)),

@@ -36,6 +36,7 @@ mod logs;
 mod output;
 pub mod pipeline;
 mod resources;
+pub mod telemetry;
 pub mod views;
 
 use std::process::ExitCode;

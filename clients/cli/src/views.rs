@@ -199,6 +199,8 @@ pub struct JobView {
     pub max_attempts: Option<u32>,
     /// The uploaded source archive's id, if any.
     pub source_id: Option<String>,
+    /// Its OpenTelemetry trace id, when the server traced it.
+    pub trace_id: Option<String>,
     /// When it was queued.
     pub queue_time: Option<String>,
     /// When it was handed to an agent.
@@ -277,6 +279,7 @@ impl From<&Job> for JobView {
             attempt: job.attempt,
             max_attempts: (job.max_attempts > 0).then_some(job.max_attempts),
             source_id: non_empty(&job.source_id),
+            trace_id: non_empty(&job.trace_id),
             queue_time: time(job.queue_time.as_ref()),
             assign_time: time(job.assign_time.as_ref()),
             start_time: time(job.start_time.as_ref()),
@@ -441,13 +444,14 @@ mod tests {
             }),
             source_id: "src-9".into(),
             max_attempts: 3,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         };
         let json = serde_json::to_value(JobView::from(&job)).expect("json");
         let expected = serde_json::json!({
             "id": "j1", "name": "build", "project": "p", "pipeline": "ci", "pool": "default",
             "state": "succeeded", "message": null, "demands": {"os": "linux"},
             "agent_id": "a1", "agent_name": "runner", "attempt": 1, "max_attempts": 3,
-            "source_id": "src-9",
+            "source_id": "src-9", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             "queue_time": "1970-01-01T00:00:01.000Z", "assign_time": "1970-01-01T00:00:01.012Z",
             "start_time": "1970-01-01T00:00:03.000Z", "finish_time": "1970-01-01T00:00:04.500Z",
             "cancel_time": "1970-01-01T00:00:04.000Z", "lease_expire_time": null,
@@ -478,6 +482,7 @@ mod tests {
             (view.max_attempts, view.source_id, view.test_summary),
             (None, None, None)
         );
+        assert_eq!(view.trace_id, None);
         assert_eq!((view.cancel_time, view.lease_expire_time), (None, None));
         let agent = AgentView::from(&Agent::default());
         assert_eq!(

@@ -207,10 +207,13 @@ impl Bearer {
 }
 
 impl Interceptor for Bearer {
+    /// Adds the credential, and the current span's W3C trace context so
+    /// that the server's spans join the caller's trace.
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        ferry_observability::propagation::inject_metadata(request.metadata_mut());
         if let Ok(slot) = self.0.read()
             && let Some(value) = slot.as_ref()
         {
@@ -222,7 +225,7 @@ impl Interceptor for Bearer {
     }
 }
 
-/// A channel with a bearer credential.
+/// A channel with a bearer credential (and trace-context propagation).
 pub type Authorized = InterceptedService<Channel, Bearer>;
 
 /// Largest message a ferry client decodes (logs pages, job lists).
@@ -233,9 +236,10 @@ pub fn registration(channel: Channel, bearer: Bearer) -> RegistrationServiceClie
     RegistrationServiceClient::with_interceptor(channel, bearer)
 }
 
-/// The token client (its one call needs no credential).
-pub fn tokens(channel: Channel) -> TokenServiceClient<Channel> {
-    TokenServiceClient::new(channel)
+/// The token client (its one call needs no credential; the trace context
+/// still travels).
+pub fn tokens(channel: Channel) -> TokenServiceClient<Authorized> {
+    TokenServiceClient::with_interceptor(channel, Bearer::none())
 }
 
 /// The job client.

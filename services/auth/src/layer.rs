@@ -106,16 +106,40 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Status> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+    let value = value.to_str().map_err(|_| {
+        rejected("malformed");
+        Status::unauthenticated("malformed authorization header")
+    })?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() => {
             Ok(Some(token.trim()))
         }
-        _ => Err(Status::unauthenticated(
-            "the authorization header must be `Bearer <token>`",
-        )),
+        _ => {
+            rejected("malformed");
+            Err(Status::unauthenticated(
+                "the authorization header must be `Bearer <token>`",
+            ))
+        }
+    }
+}
+
+/// Counts a refused credential by reason (`ferry.tokens.rejected`); the
+/// credential itself is never recorded.
+fn rejected(reason: &'static str) {
+    ferry_observability::metrics::token_rejected(reason);
+}
+
+/// Why a signed token was refused, as a metric attribute.
+fn token_reason(error: &crate::TokenError) -> &'static str {
+    use crate::TokenError;
+    match error {
+        TokenError::Malformed | TokenError::Unsupported => "malformed",
+        TokenError::BadSignature => "bad_signature",
+        TokenError::Expired => "expired",
+        TokenError::NotYetValid => "not_yet_valid",
+        TokenError::WrongAudience(_) => "wrong_audience",
+        TokenError::WrongIssuer => "wrong_issuer",
+        TokenError::Signing => "invalid",
     }
 }
 
@@ -145,6 +169,7 @@ impl Authenticator {
             return Ok(None);
         }
         let Some(token) = bearer(headers)? else {
+            rejected("missing");
             return Err(Status::unauthenticated(match requirement {
                 Requirement::Administrator => "this call needs an administrator's PAT",
                 Requirement::Listener => "this call needs a listener token",
@@ -166,6 +191,7 @@ impl Authenticator {
 
     async fn administrator(&self, token: &str) -> Result<Principal, Status> {
         if !pat::looks_like_pat(token) {
+            rejected("not_a_pat");
             return Err(Status::unauthenticated(
                 "this call needs an administrator's PAT",
             ));
@@ -176,14 +202,20 @@ impl Authenticator {
             .await?
         {
             Some(identity) => Ok(Principal::Administrator(identity)),
-            None => Err(Status::unauthenticated("unknown or revoked PAT")),
+            None => {
+                rejected("unknown_pat");
+                Err(Status::unauthenticated("unknown or revoked PAT"))
+            }
         }
     }
 
     fn verify(&self, token: &str, audience: Audience) -> Result<crate::Claims, Status> {
         self.verifier
             .verify(token, audience, now_seconds())
-            .map_err(|error| Status::unauthenticated(format!("invalid token: {error}")))
+            .map_err(|error| {
+                rejected(token_reason(&error));
+                Status::unauthenticated(format!("invalid token: {error}"))
+            })
     }
 
     fn listener(&self, token: &str) -> Result<Principal, Status> {
@@ -192,9 +224,12 @@ impl Authenticator {
             (Some(agent_id), Some(pool_id)) => {
                 Ok(Principal::Agent(AgentIdentity { agent_id, pool_id }))
             }
-            _ => Err(Status::unauthenticated(
-                "invalid token: missing agent claims",
-            )),
+            _ => {
+                rejected("invalid");
+                Err(Status::unauthenticated(
+                    "invalid token: missing agent claims",
+                ))
+            }
         }
     }
 
@@ -218,7 +253,10 @@ impl Authenticator {
                     scopes,
                 }))
             }
-            _ => Err(Status::unauthenticated("invalid token: missing job claims")),
+            _ => {
+                rejected("invalid");
+                Err(Status::unauthenticated("invalid token: missing job claims"))
+            }
         }
     }
 }

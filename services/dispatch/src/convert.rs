@@ -97,6 +97,11 @@ pub async fn job(store: &Store, job: ferry_store::Job, pool: &str) -> Result<Job
         }),
         source_id: job.source_id.unwrap_or_default(),
         max_attempts: job.max_attempts,
+        trace_id: job
+            .trace_context
+            .as_deref()
+            .and_then(ferry_observability::propagation::trace_id)
+            .unwrap_or_default(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The tonic adapter: unwraps the request, calls [`Dispatcher`], maps errors.
 
 use ferry_auth::{Requirement, principal};
+use ferry_observability::propagation;
 use ferry_proto::time::duration_from_proto;
 use ferry_proto::v1::job_service_server::{JobService, JobServiceServer};
 use ferry_proto::v1::{
@@ -73,11 +74,15 @@ impl JobService for Dispatcher {
         request: Request<QueueJobRequest>,
     ) -> Result<Response<QueueJobResponse>, Status> {
         let caller = principal::administrator(&request)?.clone();
+        // This call's span; or, when this replica does not trace, the
+        // caller's context, so the job still has a trace to join.
+        let trace_context = propagation::current_traceparent()
+            .or_else(|| propagation::metadata_traceparent(request.metadata()));
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Error::InvalidArgument("spec is missing".to_owned()))?;
-        let job = Dispatcher::queue_job(self, &caller, spec).await?;
+        let job = Dispatcher::queue_traced_job(self, &caller, spec, trace_context).await?;
         Ok(Response::new(QueueJobResponse { job: Some(job) }))
     }
 

@@ -14,6 +14,7 @@ pub mod spec;
 
 mod convert;
 mod listing;
+mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use ferry_proto::v1::{AgentJob, Job, JobSpec, PollJobResponse};
 use ferry_service::{Error, Event, Events, Result, sealed, validate};
 use ferry_store::Store;
 use prost::Message;
+use tracing::Instrument as _;
 
 use crate::queue::{Found, HandOff, Offer, QueuedJob};
 
@@ -137,6 +139,8 @@ impl Dispatcher {
             tracing::info!(jobs = loaded, "queued jobs loaded");
         }
         dispatcher.spawn_reaper();
+        let weak = Arc::downgrade(&dispatcher.inner);
+        telemetry::spawn_gauges(dispatcher.store().clone(), move || weak.strong_count() > 0);
         Ok(dispatcher)
     }
 
@@ -282,11 +286,20 @@ impl Dispatcher {
         }
     }
 
-    /// Queues a job in a pool the caller administers and offers it at once.
-    pub async fn queue_job(
+    /// Queues a job in a pool the caller administers and offers it at once;
+    /// the current span's trace context is kept with it.
+    pub async fn queue_job(&self, caller: &AdministratorIdentity, spec: JobSpec) -> Result<Job> {
+        let trace_context = ferry_observability::propagation::current_traceparent();
+        self.queue_traced_job(caller, spec, trace_context).await
+    }
+
+    /// [`Dispatcher::queue_job`] with the job's trace context (a W3C
+    /// `traceparent`): every later span of the job joins that trace.
+    pub async fn queue_traced_job(
         &self,
         caller: &AdministratorIdentity,
         mut spec: JobSpec,
+        trace_context: Option<String>,
     ) -> Result<Job> {
         let timeout = spec::normalize(&mut spec)?;
         let pool = self
@@ -319,23 +332,27 @@ impl Dispatcher {
         secret_names.sort();
         let job = self
             .store()
-            .insert_job(ferry_store::NewJob {
-                id: uuid::Uuid::now_v7().to_string(),
-                pool_id: pool.id.clone(),
-                name: spec.name.clone(),
-                project: spec.project.clone(),
-                pipeline: spec.pipeline.clone(),
-                demands: demands.clone(),
-                secret_names,
-                step_names: spec.steps.iter().map(|step| step.name.clone()).collect(),
-                spec: spec.encode_to_vec(),
-                timeout_seconds: timeout.as_secs() as i64,
-                queued_at: now_micros(),
-                source_id: source_id.clone(),
-                max_attempts: self.inner.config.max_attempts,
-            })
+            .insert_traced_job(
+                ferry_store::NewJob {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    pool_id: pool.id.clone(),
+                    name: spec.name.clone(),
+                    project: spec.project.clone(),
+                    pipeline: spec.pipeline.clone(),
+                    demands: demands.clone(),
+                    secret_names,
+                    step_names: spec.steps.iter().map(|step| step.name.clone()).collect(),
+                    spec: spec.encode_to_vec(),
+                    timeout_seconds: timeout.as_secs() as i64,
+                    queued_at: now_micros(),
+                    source_id: source_id.clone(),
+                    max_attempts: self.inner.config.max_attempts,
+                },
+                trace_context,
+            )
             .await?;
         tracing::info!(job_id = %job.id, pool = %pool.name, name = %job.name, by = %caller.name, "job queued");
+        telemetry::queued(&pool.name);
         self.enqueue(
             &pool.id,
             QueuedJob {
@@ -395,6 +412,7 @@ impl Dispatcher {
                     // Claimed by another replica's agent: look again.
                 }
                 Found::Waiting(mut registration) => {
+                    let _waiting = telemetry::WaitingPoll::start();
                     match tokio::time::timeout_at(deadline, &mut registration.receiver).await {
                         Ok(Ok(job)) => break job,
                         // Picked but the claim went elsewhere, or the agent
@@ -431,6 +449,19 @@ impl Dispatcher {
             .job(job_id)
             .await?
             .ok_or_else(|| Error::Internal(format!("claimed job {job_id} vanished")))?;
+        let span = telemetry::dispatch_span(&job, &agent.id);
+        self.seal_claimed_job(agent, job)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn seal_claimed_job(
+        &self,
+        agent: &PollingAgent,
+        job: ferry_store::Job,
+    ) -> Result<PollJobResponse> {
+        let job_id = job.id.as_str();
+        let traceparent = telemetry::handed_traceparent(&tracing::Span::current(), &job);
         let spec = JobSpec::decode(self.store().job_spec(job_id).await?.as_slice())
             .map_err(|_| Error::Internal(format!("stored spec of job {job_id} does not decode")))?;
         let timeout = Duration::from_secs(job.timeout_seconds.max(0) as u64);
@@ -445,8 +476,8 @@ impl Dispatcher {
         let payload = AgentJob {
             job_id: job_id.to_owned(),
             name: spec.name,
-            project: job.project,
-            pipeline: job.pipeline,
+            project: job.project.clone(),
+            pipeline: job.pipeline.clone(),
             attempt: job.attempt,
             steps: spec.steps,
             variables: spec.variables,
@@ -458,6 +489,7 @@ impl Dispatcher {
             test_results: spec.test_results,
             artifacts: spec.artifacts,
             lease_duration: Some(duration_to_proto(self.inner.config.lease_duration)),
+            traceparent,
         };
         let envelope = self.inner.sealers.seal(
             &agent.public_key,
@@ -465,6 +497,7 @@ impl Dispatcher {
             &payload.encode_to_vec(),
         )?;
         tracing::info!(job_id, agent_id = %agent.id, "job dispatched");
+        telemetry::dispatched(&job);
         self.set_agent_status(&agent.id, ferry_store::AgentStatus::Busy, Some(job_id))
             .await;
         Ok(PollJobResponse {
@@ -526,6 +559,7 @@ impl Dispatcher {
             .signer
             .sign(&claims)
             .map_err(|error| Error::Internal(error.to_string()))?;
+        ferry_observability::metrics::token_issued("job");
         Ok((token, expires))
     }
 

@@ -17,7 +17,7 @@ use ferry_store::{CancelOutcome, Holder, ReapOutcome, Reaped};
 use prost::Message;
 
 use crate::queue::QueuedJob;
-use crate::{Dispatcher, convert};
+use crate::{Dispatcher, convert, telemetry};
 
 /// Envelope context of a renewed job token.
 pub fn job_token_context(job_id: &str, agent_id: &str) -> Vec<u8> {
@@ -124,6 +124,7 @@ impl Dispatcher {
             .await
             .map_err(lost_lease)?;
         tracing::info!(job_id = %job.id, agent_id = %caller.agent_id, state = %job.state, "job completed");
+        ferry_observability::metrics::job_finished(telemetry::result_name(job.state));
         self.inner.events.publish(Event::JobFinished {
             job_id: job.id.as_str().into(),
         });
@@ -203,6 +204,7 @@ impl Dispatcher {
             .await?
         {
             CancelOutcome::Canceled => {
+                ferry_observability::metrics::job_finished("canceled");
                 self.inner.hand_off.remove(&job.pool_id, &job.id);
                 self.inner.events.publish(Event::JobFinished {
                     job_id: job.id.as_str().into(),
@@ -247,6 +249,9 @@ impl Dispatcher {
         let now = now_micros();
         let config = &self.inner.config;
         let mut reaped = self.store().reap_lapsed_leases(now).await?;
+        for lapsed in &reaped {
+            telemetry::lease_expired(&lapsed.outcome);
+        }
         reaped.extend(
             self.store()
                 .reap_timed_out(now, micros(config.timeout_grace))
@@ -268,6 +273,9 @@ impl Dispatcher {
             ReapOutcome::Requeued { attempt } => {
                 tracing::warn!(job_id = %reaped.job_id, agent_id = ?reaped.agent_id, attempt, "agent lost before the job started; requeued");
                 if let Some(job) = self.store().job(&reaped.job_id).await? {
+                    if let Some(pool) = self.store().pool_by_id(&reaped.pool_id).await? {
+                        telemetry::queued(&pool.name);
+                    }
                     self.enqueue(
                         &reaped.pool_id,
                         QueuedJob {
@@ -279,6 +287,10 @@ impl Dispatcher {
                 }
             }
             ReapOutcome::Failed | ReapOutcome::Canceled => {
+                ferry_observability::metrics::job_finished(match reaped.outcome {
+                    ReapOutcome::Canceled => "canceled",
+                    _ => "failed",
+                });
                 tracing::warn!(job_id = %reaped.job_id, agent_id = ?reaped.agent_id, outcome = ?reaped.outcome, "job ended by the server");
                 self.inner.events.publish(Event::JobFinished {
                     job_id: reaped.job_id.as_str().into(),

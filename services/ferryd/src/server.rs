@@ -331,6 +331,9 @@ pub async fn start_role(
         .max_concurrent_streams(Some(1024))
         .layer(
             tower::ServiceBuilder::new()
+                // A span continuing the caller's trace and a duration for
+                // every call, whatever answers it (the auth layer included).
+                .layer(ferry_observability::GrpcServerLayer)
                 // Oversized requests answer RESOURCE_EXHAUSTED, as gRPC says.
                 .layer(StatusLayer)
                 // On a mesh port, only allowed peers (by certificate SAN).

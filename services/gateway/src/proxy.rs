@@ -117,6 +117,9 @@ impl Call<'_> {
         *request.uri_mut() = self.parts.uri.clone();
         *request.version_mut() = self.parts.version;
         *request.headers_mut() = self.parts.headers.clone();
+        // The upstream's span is a child of the gateway's (when the gateway
+        // traces; otherwise the client's traceparent passes through).
+        ferry_observability::propagation::inject_current(request.headers_mut());
         request.extensions_mut().insert(self.fault.clone());
         request
     }

@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_observability::ServerCall;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
 
 use crate::proxy::Gateway;
 
@@ -100,7 +102,14 @@ async fn serve_connection(
     let client = peer.ip();
     let service = hyper::service::service_fn(move |request| {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
+        // The gateway's span continues the client's trace; the upstream
+        // call carries it on (see `proxy`).
+        let call = ServerCall::start(&request);
+        let span = call.span().clone();
+        async move {
+            let response = gateway.handle(request, client).instrument(span).await;
+            Ok::<_, Infallible>(call.finish(response))
+        }
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder

@@ -143,6 +143,8 @@ impl Ingest {
             return Ok(self.acked); // empty, or only lines already stored
         };
         let (first, last) = (first.sequence, last.sequence);
+        let count = lines.len() as u64;
+        let bytes: u64 = lines.iter().map(|line| line.text.len() as u64).sum();
         if first != self.acked + 1 {
             return Err(Error::FailedPrecondition(format!(
                 "lines must continue from {}; got {first}",
@@ -164,6 +166,9 @@ impl Ingest {
                 blob,
             )
             .await?;
+        let metrics = ferry_observability::metrics::get();
+        metrics.log_lines.add(count, &[]);
+        metrics.log_bytes.add(bytes, &[]);
         self.logs.events.publish(Event::LogsAppended {
             job_id: self.job_id.clone(),
             sequence: self.acked,

@@ -24,6 +24,16 @@ impl Store {
     /// is taken, `NotFound` when the pool does not exist. `max_attempts` 0
     /// means 3.
     pub async fn insert_job(&self, new: NewJob) -> Result<Job> {
+        self.insert_traced_job(new, None).await
+    }
+
+    /// [`Store::insert_job`], recording the W3C `traceparent` of the span
+    /// that queued the job (ids and flags only) with it.
+    pub async fn insert_traced_job(
+        &self,
+        new: NewJob,
+        trace_context: Option<String>,
+    ) -> Result<Job> {
         let sealed = self.cipher().seal(&new.id, &new.spec)?;
         let max_attempts = match new.max_attempts {
             0 => DEFAULT_MAX_ATTEMPTS,
@@ -71,6 +81,7 @@ impl Store {
             max_attempts,
             source_id: new.source_id,
             test_summary: None,
+            trace_context,
             steps,
         };
         let step_models = job
@@ -113,6 +124,7 @@ impl Store {
             max_attempts: Set(max_attempts_i),
             source_id: Set(job.source_id.clone()),
             test_summary: Set(None),
+            trace_context: Set(job.trace_context.clone()),
         };
         let txn = self.begin_write().await?;
         job::Entity::insert(row)
@@ -314,6 +326,7 @@ pub(crate) fn job_from_row(row: JobRow, steps: Vec<JobStep>) -> Result<Job> {
         lease_expires_at: row.lease_expires_at,
         cancel_requested_at: row.cancel_requested_at,
         source_id: row.source_id,
+        trace_context: row.trace_context,
         id: row.id,
         pool_id: row.pool_id,
         name: row.name,

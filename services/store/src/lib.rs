@@ -21,6 +21,7 @@ mod agents;
 mod crypto;
 mod entity;
 mod error;
+mod gauges;
 mod hold;
 mod job_progress;
 mod jobs;
@@ -36,6 +37,7 @@ pub mod testing;
 mod types;
 
 pub use error::{Error, Result};
+pub use gauges::{CONNECTED_WITHIN_MICROS, PoolGauges};
 pub use notify::{Listener, MAX_PAYLOAD};
 pub use store::Store;
 pub use types::{

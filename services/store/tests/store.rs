@@ -52,6 +52,7 @@ on_both_backends!(
     timeouts,
     sources_and_artifacts,
     test_results,
+    trace_context_and_gauges,
 );
 
 #[test]

@@ -107,6 +107,7 @@ impl Tokens {
             self.sealers
                 .seal(&public_key, &listener_token_context(&agent.id), &plaintext)?;
         tracing::debug!(agent_id = %agent.id, "listener token issued");
+        ferry_observability::metrics::token_issued("listener");
         Ok(GetListenerTokenResponse {
             sealed_token: Some(sealed::to_proto(envelope)),
         })

@@ -252,11 +252,10 @@ async fn run_job(
     let session = agent.job_session(&opened.job)?;
     let masker = Masker::new(opened.job.secrets.values());
     session.report_step(StepState::Running, None).await?;
-    let lines = match behaviour {
+    match behaviour {
         Behaviour::Idle => anyhow::bail!("an idle agent was given job {job_id}"),
         Behaviour::Empty { log_lines } => {
             stream::step_lines(&session, &masker, *log_lines).await?;
-            *log_lines
         }
         Behaviour::Logs {
             go,
@@ -286,10 +285,8 @@ async fn run_job(
                 lines: acked,
                 at: Instant::now(),
             });
-            acked
         }
-    };
-    let _ = lines;
+    }
     session.report_step(StepState::Succeeded, Some(0)).await?;
     session.complete().await?;
     let _ = events.send(Event::Completed {

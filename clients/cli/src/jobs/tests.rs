@@ -61,6 +61,7 @@ fn job() -> Job {
         }),
         source_id: "src-1".into(),
         max_attempts: 3,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
     }
 }
 
@@ -80,6 +81,7 @@ attempt:          1/3
 demands:          os=linux
 secrets:          TOKEN
 source:           src-1
+trace id:         4bf92f3577b34da6a3ce929d0e0e4736
 queued:           2023-11-14T22:12:19Z (1m ago)
 assigned:         2023-11-14T22:12:19Z (1m ago)
 started:          2023-11-14T22:12:20Z (1m ago)
@@ -107,6 +109,7 @@ fn running_and_canceled_jobs_show_lease_and_cancel_times() {
     running.finish_time = None;
     running.max_attempts = 0;
     running.source_id = String::new();
+    running.trace_id = String::new();
     running.lease_expire_time = Some(timestamp_from_micros(NOW + 40 * SECOND));
     running.cancel_time = Some(timestamp_from_micros(NOW - 2 * SECOND));
     running.test_summary = Some(TestSummary {
@@ -121,6 +124,7 @@ fn running_and_canceled_jobs_show_lease_and_cancel_times() {
     for line in [
         "attempt:          1\n",
         "source:           -\n",
+        "trace id:         -\n",
         "cancel requested: 2023-11-14T22:13:18Z (2s ago)\n",
         "lease expires:    2023-11-14T22:14:00Z (in 40s)\n",
         "duration:         1m00s so far\n",

@@ -37,6 +37,8 @@ pub struct Model {
     pub source_id: Option<String>,
     /// JSON `TestSummary`.
     pub test_summary: Option<String>,
+    /// W3C `traceparent` of the span that queued the job.
+    pub trace_context: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -79,4 +81,6 @@ pub struct JobRow {
     pub source_id: Option<String>,
     /// JSON `TestSummary`.
     pub test_summary: Option<String>,
+    /// W3C `traceparent` of the span that queued the job.
+    pub trace_context: Option<String>,
 }

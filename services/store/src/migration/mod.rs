@@ -14,6 +14,7 @@ mod m20250601_000005_add_job_leases;
 mod m20250601_000006_add_agent_disabled;
 mod m20250601_000007_create_sources;
 mod m20250601_000008_create_artifacts;
+mod m20250601_000009_add_job_trace_context;
 #[cfg(test)]
 mod upgrade_tests;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250601_000006_add_agent_disabled::Migration),
             Box::new(m20250601_000007_create_sources::Migration),
             Box::new(m20250601_000008_create_artifacts::Migration),
+            Box::new(m20250601_000009_add_job_trace_context::Migration),
         ]
     }
 }

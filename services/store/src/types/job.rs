@@ -83,6 +83,8 @@ pub struct Job {
     pub source_id: Option<String>,
     /// The sum of the JUnit files uploaded so far; `None` before the first.
     pub test_summary: Option<TestSummary>,
+    /// The W3C `traceparent` of the span that queued the job, if traced.
+    pub trace_context: Option<String>,
     /// By index. Empty where a method says it omits steps.
     pub steps: Vec<JobStep>,
 }

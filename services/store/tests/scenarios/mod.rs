@@ -9,6 +9,7 @@ mod listing;
 mod logs;
 mod reaping;
 mod resources;
+mod telemetry;
 
 pub use at_rest::spec_encrypted_at_rest;
 pub use cancel::{cancel_jobs, timeouts, unconfirmed_cancels};
@@ -22,3 +23,4 @@ pub use reaping::{
     max_attempts_exhausted,
 };
 pub use resources::{sources_and_artifacts, test_results};
+pub use telemetry::trace_context_and_gauges;

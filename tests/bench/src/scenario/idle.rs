@@ -4,8 +4,9 @@
 //! Per run: RSS right after start (`start`); the agents are registered over
 //! four shared connections, which are then closed (`registered`); then every
 //! agent opens its own TLS connection, fetches its listener token and holds
-//! a PollJob; once every agent has polled, RSS is sampled each second until
-//! it stops growing (`polling`). The figure is (polling − registered) / N:
+//! a PollJob. RSS is sampled each second until it stops growing twice: once
+//! every agent is connected with its listener token (`connected`), and once
+//! every agent has polled (`polling`). The figure is (polling − registered) / N:
 //! what the connections and held polls cost. (polling − start) / N, which
 //! also counts the registrations' share, is shown beside it. ListAgents then
 //! confirms how many agents the server saw online.
@@ -28,6 +29,7 @@ const GOAL_BYTES: f64 = 64.0 * 1024.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Measured {
+    per_connection: f64,
     per_agent: f64,
     with_registration: f64,
     polling_rss: u64,
@@ -43,9 +45,10 @@ pub async fn run(bench: &Bench, args: &IdleArgs) -> anyhow::Result<Vec<Row>> {
             .repeat(&what, async |target, _run| {
                 let measured = one_run(target, agents, args.settle).await?;
                 eprintln!(
-                    "  ferryd RSS {:.1} MiB: {} B per agent ({} B counting registration); ferry-bench RSS {:.1} MiB",
+                    "  ferryd RSS {:.1} MiB: {} B per agent ({} B of it once connected, before polling; {} B counting registration); ferry-bench RSS {:.1} MiB",
                     mib(measured.polling_rss),
                     thousands(measured.per_agent),
+                    thousands(measured.per_connection),
                     thousands(measured.with_registration),
                     mib(measured.client_rss)
                 );
@@ -55,15 +58,17 @@ pub async fn run(bench: &Bench, args: &IdleArgs) -> anyhow::Result<Vec<Row>> {
         let per_agent: Vec<f64> = runs.iter().map(|run| run.per_agent).collect();
         let with_registration: Vec<f64> = runs.iter().map(|run| run.with_registration).collect();
         let rss: Vec<f64> = runs.iter().map(|run| run.polling_rss as f64).collect();
+        let per_connection: Vec<f64> = runs.iter().map(|run| run.per_connection).collect();
         let result = median(&per_agent);
         rows.push(Row {
             figure: "Server memory per idle agent".to_owned(),
             setup: format!(
-                "{} agents, each on its own TLS connection holding a PollJob, {}, {}; ferryd RSS {:.0} MiB in all, {} KiB per agent counting registration",
+                "{} agents, each on its own TLS connection holding a PollJob, {}, {}; ferryd RSS {:.0} MiB in all; {} KiB per agent once connected, before its first poll; {} KiB counting registration",
                 thousands(agents as f64),
                 bench.database(),
                 runs_note(&per_agent, " B"),
                 mib(median(&rss) as u64),
+                kib(median(&per_connection)),
                 kib(median(&with_registration)),
             ),
             result: format!("{} KiB", kib(result)),
@@ -90,6 +95,8 @@ async fn one_run(target: &Target, agents: usize, settle: Duration) -> anyhow::Re
     tokio::time::sleep(Duration::from_secs(1)).await;
     let registered = rss()?;
     let connected = crate::fleet::connect_all(target, identities).await?;
+    // Connected, listener token held, no poll yet: what the connections cost.
+    let connected_rss = settled(&rss, settle).await?;
     let fleet = crate::fleet::Fleet::start(connected, &Behaviour::Idle);
     let result = async {
         fleet.wait_polling(Duration::from_secs(300)).await?;
@@ -105,6 +112,7 @@ async fn one_run(target: &Target, agents: usize, settle: Duration) -> anyhow::Re
     fleet.stop().await;
     let polling = result?;
     Ok(Measured {
+        per_connection: connected_rss.saturating_sub(registered) as f64 / agents as f64,
         per_agent: polling.saturating_sub(registered) as f64 / agents as f64,
         with_registration: polling.saturating_sub(start) as f64 / agents as f64,
         polling_rss: polling,
