@@ -204,9 +204,17 @@ impl Dispatcher {
 
     /// Offers every job queued in the store (start-up, resync).
     async fn load_queued(&self) -> Result<usize> {
+        self.load_queued_before(i64::MAX).await
+    }
+
+    /// Offers every job queued in the store before `queued_before` (µs).
+    pub(crate) async fn load_queued_before(&self, queued_before: i64) -> Result<usize> {
         let mut loaded = 0;
         for pool in self.store().list_pools().await? {
             for job in self.store().queued_jobs(&pool.id, u64::MAX >> 1).await? {
+                if job.queued_at >= queued_before {
+                    continue;
+                }
                 self.inner.hand_off.remove(&pool.id, &job.id);
                 self.offer(
                     &pool.id,

@@ -19,6 +19,11 @@ use prost::Message;
 use crate::queue::QueuedJob;
 use crate::{Dispatcher, convert, telemetry};
 
+/// How often the mesh's safety sweep looks for queued jobs no replica knows.
+const STALE_SWEEP: Duration = Duration::from_secs(5);
+/// How long a job waits in the queue before the sweep offers it again.
+const STALE_QUEUED: Duration = Duration::from_secs(5);
+
 /// Envelope context of a renewed job token.
 pub fn job_token_context(job_id: &str, agent_id: &str) -> Vec<u8> {
     format!("ferry/v1/job-token/{job_id}/{agent_id}").into_bytes()
@@ -234,12 +239,28 @@ impl Dispatcher {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_sweep = tokio::time::Instant::now();
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let dispatcher = Dispatcher { inner };
                 if let Err(error) = dispatcher.reap().await {
                     tracing::warn!(error = %error, "reaper pass failed");
+                }
+                // In the mesh, a replica that dies between storing a job and
+                // notifying the others leaves it known to none of them: a
+                // slow sweep offers jobs that have waited past STALE_QUEUED.
+                // (Hand-off itself never waits for this: it is event-driven.)
+                if dispatcher.inner.events.is_shared() && last_sweep.elapsed() >= STALE_SWEEP {
+                    last_sweep = tokio::time::Instant::now();
+                    let before = now_micros() - micros(STALE_QUEUED);
+                    match dispatcher.load_queued_before(before).await {
+                        Ok(0) => {}
+                        Ok(offered) => {
+                            tracing::info!(jobs = offered, "stale queued jobs offered again")
+                        }
+                        Err(error) => tracing::warn!(error = %error, "stale-queue sweep failed"),
+                    }
                 }
             }
         });
