@@ -40,8 +40,22 @@ fn step_state(state: ferry_store::StepState) -> StepState {
     }
 }
 
+/// How much a queued job's message should explain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Say why it waits: looks at the pool's agents (one job, `GetJob`).
+    Explain,
+    /// Keep the stored message (answers that list or just queued jobs).
+    Stored,
+}
+
 /// The wire form of a job; looks up its agent's name.
-pub async fn job(store: &Store, job: ferry_store::Job, pool: &str) -> Result<Job> {
+pub async fn job(
+    store: &Store,
+    job: ferry_store::Job,
+    pool: &str,
+    waiting: Waiting,
+) -> Result<Job> {
     let agent_name = match &job.agent_id {
         Some(agent_id) => store
             .agent(agent_id)
@@ -50,7 +64,7 @@ pub async fn job(store: &Store, job: ferry_store::Job, pool: &str) -> Result<Job
             .unwrap_or_default(),
         None => String::new(),
     };
-    let message = if job.state == ferry_store::JobState::Queued {
+    let message = if job.state == ferry_store::JobState::Queued && waiting == Waiting::Explain {
         waiting_reason(store, &job, pool).await?
     } else {
         job.message

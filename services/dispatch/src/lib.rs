@@ -370,7 +370,9 @@ impl Dispatcher {
         )
         .await?;
         let job = self.store().job(&job.id).await?.unwrap_or(job);
-        convert::job(self.store(), job, &pool.name).await
+        // The answer to QueueJob keeps to the stored row: explaining why a
+        // job waits lists the pool's agents, too costly for every queue.
+        convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await
     }
 
     /// Offers a job to the pool's waiting polls until one takes it or it
@@ -506,8 +508,14 @@ impl Dispatcher {
         )?;
         tracing::info!(job_id, agent_id = %agent.id, "job dispatched");
         telemetry::dispatched(&job);
-        self.set_agent_status(&agent.id, ferry_store::AgentStatus::Busy, Some(job_id))
-            .await;
+        // Recorded off the answer's path: the agent holds its job sooner.
+        let dispatcher = self.clone();
+        let (agent_id, busy_job) = (agent.id.clone(), job_id.to_owned());
+        tokio::spawn(async move {
+            dispatcher
+                .set_agent_status(&agent_id, ferry_store::AgentStatus::Busy, Some(&busy_job))
+                .await;
+        });
         Ok(PollJobResponse {
             job_id: job_id.to_owned(),
             sealed_job: Some(sealed::to_proto(envelope)),

@@ -24,7 +24,7 @@ impl Dispatcher {
             .await?
             .map(|pool| pool.name)
             .unwrap_or_default();
-        convert::job(self.store(), job, &pool).await
+        convert::job(self.store(), job, &pool, convert::Waiting::Explain).await
     }
 
     /// Jobs of the pools the caller administers, newest first.
@@ -74,7 +74,7 @@ impl Dispatcher {
         let mut listed = Vec::with_capacity(jobs.len());
         for job in jobs {
             let pool = pools.get(&job.pool_id).cloned().unwrap_or_default();
-            listed.push(convert::job(self.store(), job, &pool).await?);
+            listed.push(convert::job(self.store(), job, &pool, convert::Waiting::Stored).await?);
         }
         Ok(ListJobsResponse {
             jobs: listed,
