@@ -129,6 +129,8 @@ impl Server {
         let data_dir = dir.join("server");
         let config_path = dir.join("ferryd.toml");
         std::fs::write(&config_path, config)?;
+        // Decided before ferryd starts: it creates the keys at once.
+        let restart = data_dir.join("keys").exists();
         let mut child = Command::new(binary("ferryd"))
             .args(["all", "--listen", listen, "--config"])
             .arg(&config_path)
@@ -157,7 +159,6 @@ impl Server {
         });
         let mut port = None;
         let mut token = None;
-        let restart = data_dir.join("keys").exists();
         let deadline = Instant::now() + Duration::from_secs(60);
         while port.is_none() || (token.is_none() && !restart) {
             let remaining = deadline.saturating_duration_since(Instant::now());
