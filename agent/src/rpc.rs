@@ -51,7 +51,7 @@ pub fn open_sealed(
     opener: &Opener,
     context: &[u8],
     sealed: SealedEnvelope,
-) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+) -> anyhow::Result<ferry_envelope::Plaintext> {
     let envelope = Envelope::from_parts(
         sealed.version,
         &sealed.ephemeral_public_key,
@@ -60,7 +60,7 @@ pub fn open_sealed(
     )
     .context("malformed envelope")?;
     opener
-        .open(context, &envelope)
+        .open_owned(context, envelope)
         .context("the envelope does not open")
 }
 

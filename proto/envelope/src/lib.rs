@@ -50,7 +50,7 @@ pub use envelope::{
 };
 pub use error::{Error, Result};
 pub use keys::{KEY_LEN, PublicKey, SecretKey};
-pub use seal::{LABEL, Opener, RecipientSealer, Sealer};
+pub use seal::{LABEL, Opener, Plaintext, RecipientSealer, Sealer};
 
 /// Context of a listener token sealed to an agent:
 /// `"ferry/v1/listener-token/" + agent_id`, UTF-8.

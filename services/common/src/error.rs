@@ -27,6 +27,9 @@ pub enum Error {
     /// The thing is not in a state that allows the call.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The service cannot serve the call now; the caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// A stored or server-side invariant broke; details are logged.
     #[error("{0}")]
     Internal(String),
@@ -51,6 +54,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::Unavailable(message) => Status::unavailable(message),
             Error::Internal(message) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal("internal error; see the server's log")
@@ -105,6 +109,7 @@ mod tests {
                 Error::FailedPrecondition("x".into()),
                 Code::FailedPrecondition,
             ),
+            (Error::Unavailable("x".into()), Code::Unavailable),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);

@@ -76,6 +76,14 @@ struct PollingAgent {
     capabilities: Arc<BTreeMap<String, String>>,
 }
 
+/// A job this replica handed to an agent.
+pub(crate) struct Claim {
+    agent_id: String,
+    /// When (µs).
+    at: i64,
+    lease_expires_at: i64,
+}
+
 /// The job service's domain.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -89,9 +97,19 @@ struct Inner {
     events: Events,
     hand_off: HandOff,
     config: DispatchConfig,
-    /// When each agent's status was last written, to write it only on change
-    /// or once a minute, not on every poll.
-    agent_status: Mutex<HashMap<String, (ferry_store::AgentStatus, Instant)>>,
+    /// Each agent's status as this replica last saw it; written to the
+    /// store in batches (see [`Dispatcher::spawn_status_writer`]).
+    agent_status: Mutex<HashMap<String, SeenStatus>>,
+}
+
+/// An agent's last status and whether the store has it yet.
+struct SeenStatus {
+    status: ferry_store::AgentStatus,
+    job_id: Option<String>,
+    /// When it was seen (µs).
+    seen_at: i64,
+    /// When it was last written to the store.
+    written: Option<Instant>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -103,7 +121,10 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// An unchanged status is written again this often (`last_seen_at`).
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// How often changed agent statuses are written, in one transaction.
+const STATUS_WRITE_EVERY: Duration = Duration::from_millis(500);
 
 impl Dispatcher {
     /// A dispatcher over `store`; loads the jobs already queued there.
@@ -139,6 +160,7 @@ impl Dispatcher {
             tracing::info!(jobs = loaded, "queued jobs loaded");
         }
         dispatcher.spawn_reaper();
+        dispatcher.spawn_status_writer();
         let weak = Arc::downgrade(&dispatcher.inner);
         telemetry::spawn_gauges(dispatcher.store().clone(), move || weak.strong_count() > 0);
         Ok(dispatcher)
@@ -179,11 +201,8 @@ impl Dispatcher {
                 if let Some(job) = self.store().job(&job_id).await?
                     && job.state == ferry_store::JobState::Queued
                 {
-                    let queued = QueuedJob {
-                        id: job.id,
-                        demands: Arc::new(job.demands),
-                    };
-                    self.offer(&pool_id, queued).await?;
+                    self.offer(&pool_id, QueuedJob::stored(job.id, job.demands))
+                        .await?;
                 }
             }
             Event::JobClaimed {
@@ -216,32 +235,28 @@ impl Dispatcher {
                     continue;
                 }
                 self.inner.hand_off.remove(&pool.id, &job.id);
-                self.offer(
-                    &pool.id,
-                    QueuedJob {
-                        id: job.id,
-                        demands: Arc::new(job.demands),
-                    },
-                )
-                .await?;
+                self.offer(&pool.id, QueuedJob::stored(job.id, job.demands))
+                    .await?;
                 loaded += 1;
             }
         }
         Ok(loaded)
     }
 
-    /// Offers a job queued (or requeued) here, and tells the other replicas.
-    pub(crate) async fn enqueue(&self, pool_id: &str, job: QueuedJob) -> Result<()> {
+    /// Offers a job queued (or requeued) here, and tells the other
+    /// replicas. Returns the claim when a waiting poll of this replica took
+    /// it at once.
+    pub(crate) async fn enqueue(&self, pool_id: &str, job: QueuedJob) -> Result<Option<Claim>> {
         let job_id = job.id.clone();
-        self.offer(pool_id, job).await?;
-        if self.inner.events.is_shared() {
+        let claim = self.offer(pool_id, job).await?;
+        if claim.is_none() && self.inner.events.is_shared() {
             self.inner.events.publish(Event::JobQueued {
                 job_id: job_id.as_str().into(),
                 pool_id: pool_id.into(),
                 origin: self.inner.events.origin(),
             });
         }
-        Ok(())
+        Ok(claim)
     }
 
     /// Releases a job handed to a poll that vanished, and offers it again.
@@ -251,7 +266,8 @@ impl Dispatcher {
             self.store()
                 .release_job(&returned.job.id, &returned.agent_id)
                 .await?;
-            self.enqueue(&returned.pool_id, returned.job).await
+            self.enqueue(&returned.pool_id, returned.job).await?;
+            Ok::<_, Error>(())
         }
         .await;
         match result {
@@ -264,34 +280,90 @@ impl Dispatcher {
         &self.inner.store
     }
 
-    async fn set_agent_status(
+    /// Notes an agent's status; the status writer records it within
+    /// `STATUS_WRITE_EVERY` when it changed, or when the stored one is a
+    /// minute old. Polls and dispatches never wait on this write.
+    fn set_agent_status(
         &self,
         agent_id: &str,
         status: ferry_store::AgentStatus,
         job_id: Option<&str>,
     ) {
-        let due = {
-            let mut seen = self
-                .inner
-                .agent_status
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let due = seen
-                .get(agent_id)
-                .is_none_or(|(last, at)| *last != status || at.elapsed() > STATUS_REFRESH);
-            if due {
-                seen.insert(agent_id.to_owned(), (status, Instant::now()));
+        let mut seen = self
+            .inner
+            .agent_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seen_at = now_micros();
+        match seen.get_mut(agent_id) {
+            Some(entry) if entry.status == status && entry.job_id.as_deref() == job_id => {
+                entry.seen_at = seen_at;
             }
-            due
-        };
-        if due
-            && let Err(error) = self
-                .store()
-                .set_agent_status(agent_id, status, job_id, now_micros())
-                .await
-        {
-            tracing::warn!(agent_id, error = %error, "could not record agent status");
+            Some(entry) => {
+                entry.status = status;
+                entry.job_id = job_id.map(str::to_owned);
+                entry.seen_at = seen_at;
+                entry.written = None;
+            }
+            None => {
+                seen.insert(
+                    agent_id.to_owned(),
+                    SeenStatus {
+                        status,
+                        job_id: job_id.map(str::to_owned),
+                        seen_at,
+                        written: None,
+                    },
+                );
+            }
         }
+    }
+
+    /// Writes the agent statuses noted since the last round, all in one
+    /// transaction, every `STATUS_WRITE_EVERY` while the dispatcher lives.
+    fn spawn_status_writer(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(STATUS_WRITE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let due: Vec<ferry_store::AgentSeen> = {
+                    let mut seen = inner
+                        .agent_status
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let now = Instant::now();
+                    seen.iter_mut()
+                        .filter(|(_, entry)| {
+                            entry.written.is_none_or(|at| now - at > STATUS_REFRESH)
+                        })
+                        .map(|(id, entry)| {
+                            entry.written = Some(now);
+                            ferry_store::AgentSeen {
+                                id: id.clone(),
+                                status: entry.status,
+                                current_job_id: entry.job_id.clone(),
+                                at: entry.seen_at,
+                            }
+                        })
+                        .collect()
+                };
+                if let Err(error) = inner.store.record_agent_statuses(&due).await {
+                    tracing::warn!(agents = due.len(), error = %error, "could not record agent statuses");
+                    let mut seen = inner
+                        .agent_status
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for agent in &due {
+                        if let Some(entry) = seen.get_mut(&agent.id) {
+                            entry.written = None;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Queues a job in a pool the caller administers and offers it at once;
@@ -361,33 +433,41 @@ impl Dispatcher {
             .await?;
         tracing::info!(job_id = %job.id, pool = %pool.name, name = %job.name, by = %caller.name, "job queued");
         telemetry::queued(&pool.name);
-        self.enqueue(
-            &pool.id,
-            QueuedJob {
-                id: job.id.clone(),
-                demands: Arc::new(demands),
-            },
-        )
-        .await?;
-        let job = self.store().job(&job.id).await?.unwrap_or(job);
-        // The answer to QueueJob keeps to the stored row: explaining why a
-        // job waits lists the pool's agents, too costly for every queue.
+        let queued = QueuedJob {
+            id: job.id.clone(),
+            demands: Arc::new(demands),
+            prepared: Some(Arc::new(queue::Prepared {
+                job: job.clone(),
+                spec,
+            })),
+        };
+        let mut job = job;
+        if let Some(claim) = self.enqueue(&pool.id, queued).await? {
+            // Answered from what was written, not read back: handed to a
+            // waiting agent with this lease.
+            job.state = ferry_store::JobState::Assigned;
+            job.agent_id = Some(claim.agent_id);
+            job.assigned_at = Some(claim.at);
+            job.lease_expires_at = Some(claim.lease_expires_at);
+        }
+        // The answer to QueueJob keeps to the stored message: explaining why
+        // a job waits lists the pool's agents, too costly for every queue.
         convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await
     }
 
-    /// Offers a job to the pool's waiting polls until one takes it or it
-    /// waits in the queue.
-    async fn offer(&self, pool_id: &str, job: QueuedJob) -> Result<()> {
+    /// Offers a job to the pool's waiting polls until one takes it (its
+    /// claim is returned) or it waits in the queue.
+    async fn offer(&self, pool_id: &str, job: QueuedJob) -> Result<Option<Claim>> {
         loop {
             let Offer::Taken(taken) = self.inner.hand_off.offer(pool_id, job.clone()) else {
-                return Ok(());
+                return Ok(None);
             };
             let agent_id = taken.agent_id.clone();
-            if !self.claim(&job.id, pool_id, &agent_id).await? {
-                return Ok(()); // another replica's agent has it
-            }
+            let Some(claim) = self.claim(&job.id, pool_id, &agent_id).await? else {
+                return Ok(None); // another replica's agent has it
+            };
             match taken.send(job.clone()) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Some(claim)),
                 Err(_) => {
                     // The poll ended between the pick and the claim.
                     self.store().release_job(&job.id, &agent_id).await?;
@@ -406,8 +486,7 @@ impl Dispatcher {
             .unwrap_or(self.inner.config.default_wait)
             .min(self.inner.config.max_wait);
         let agent = self.polling_agent(caller).await?;
-        self.set_agent_status(&agent.id, ferry_store::AgentStatus::Online, None)
-            .await;
+        self.set_agent_status(&agent.id, ferry_store::AgentStatus::Online, None);
         let deadline = tokio::time::Instant::now() + wait;
         let job = loop {
             match self
@@ -416,7 +495,11 @@ impl Dispatcher {
                 .poll(&agent.pool_id, &agent.id, agent.capabilities.clone())
             {
                 Found::Job(job) => {
-                    if self.claim(&job.id, &agent.pool_id, &agent.id).await? {
+                    if self
+                        .claim(&job.id, &agent.pool_id, &agent.id)
+                        .await?
+                        .is_some()
+                    {
                         break job;
                     }
                     // Claimed by another replica's agent: look again.
@@ -440,7 +523,7 @@ impl Dispatcher {
                 }
             }
         };
-        match self.seal_job(&agent, &job.id).await {
+        match self.seal_job(&agent, &job).await {
             Ok(response) => Ok(response),
             Err(error) => {
                 // Nothing reached the agent: give the job back.
@@ -453,27 +536,37 @@ impl Dispatcher {
 
     /// Builds the job for the agent: spec, secrets and a fresh job token,
     /// sealed to the agent's key in the job's context.
-    async fn seal_job(&self, agent: &PollingAgent, job_id: &str) -> Result<PollJobResponse> {
+    async fn seal_job(&self, agent: &PollingAgent, queued: &QueuedJob) -> Result<PollJobResponse> {
+        let (job, spec) = match &queued.prepared {
+            Some(prepared) => (prepared.job.clone(), prepared.spec.clone()),
+            None => self.stored_job(&queued.id).await?,
+        };
+        let span = telemetry::dispatch_span(&job, &agent.id);
+        self.seal_claimed_job(agent, job, spec)
+            .instrument(span.clone())
+            .await
+    }
+
+    /// A claimed job's row and spec, read from the store.
+    async fn stored_job(&self, job_id: &str) -> Result<(ferry_store::Job, JobSpec)> {
         let job = self
             .store()
             .job(job_id)
             .await?
             .ok_or_else(|| Error::Internal(format!("claimed job {job_id} vanished")))?;
-        let span = telemetry::dispatch_span(&job, &agent.id);
-        self.seal_claimed_job(agent, job)
-            .instrument(span.clone())
-            .await
+        let spec = JobSpec::decode(self.store().job_spec(job_id).await?.as_slice())
+            .map_err(|_| Error::Internal(format!("stored spec of job {job_id} does not decode")))?;
+        Ok((job, spec))
     }
 
     async fn seal_claimed_job(
         &self,
         agent: &PollingAgent,
         job: ferry_store::Job,
+        spec: JobSpec,
     ) -> Result<PollJobResponse> {
         let job_id = job.id.as_str();
         let traceparent = telemetry::handed_traceparent(&tracing::Span::current(), &job);
-        let spec = JobSpec::decode(self.store().job_spec(job_id).await?.as_slice())
-            .map_err(|_| Error::Internal(format!("stored spec of job {job_id} does not decode")))?;
         let timeout = Duration::from_secs(job.timeout_seconds.max(0) as u64);
         let (job_token, expires) = self.sign_job_token(
             job_id,
@@ -508,29 +601,26 @@ impl Dispatcher {
         )?;
         tracing::info!(job_id, agent_id = %agent.id, "job dispatched");
         telemetry::dispatched(&job);
-        // Recorded off the answer's path: the agent holds its job sooner.
-        let dispatcher = self.clone();
-        let (agent_id, busy_job) = (agent.id.clone(), job_id.to_owned());
-        tokio::spawn(async move {
-            dispatcher
-                .set_agent_status(&agent_id, ferry_store::AgentStatus::Busy, Some(&busy_job))
-                .await;
-        });
+        self.set_agent_status(&agent.id, ferry_store::AgentStatus::Busy, Some(job_id));
         Ok(PollJobResponse {
             job_id: job_id.to_owned(),
             sealed_job: Some(sealed::to_proto(envelope)),
         })
     }
 
-    /// Claims a queued job for an agent, with a fresh lease.
-    async fn claim(&self, job_id: &str, pool_id: &str, agent_id: &str) -> Result<bool> {
+    /// Claims a queued job for an agent, with a fresh lease; `None` when
+    /// it is no longer queued.
+    async fn claim(&self, job_id: &str, pool_id: &str, agent_id: &str) -> Result<Option<Claim>> {
         let now = now_micros();
         let lease = self.inner.config.lease_duration.as_micros() as i64;
         let claimed = self
             .store()
             .claim_job(job_id, agent_id, now, now + lease)
             .await?;
-        if claimed && self.inner.events.is_shared() {
+        if !claimed {
+            return Ok(None);
+        }
+        if self.inner.events.is_shared() {
             // Other replicas drop the job from their hand-off.
             self.inner.events.publish(Event::JobClaimed {
                 job_id: job_id.into(),
@@ -538,7 +628,11 @@ impl Dispatcher {
                 origin: self.inner.events.origin(),
             });
         }
-        Ok(claimed)
+        Ok(Some(Claim {
+            agent_id: agent_id.to_owned(),
+            at: now,
+            lease_expires_at: now + lease,
+        }))
     }
 
     /// Signs a job token for one attempt of a job; it lives two leases and

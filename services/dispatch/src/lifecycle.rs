@@ -133,8 +133,7 @@ impl Dispatcher {
         self.inner.events.publish(Event::JobFinished {
             job_id: job.id.as_str().into(),
         });
-        self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None)
-            .await;
+        self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None);
         Ok(CompleteJobResponse {
             state: convert::job_state(job.state).into(),
         })
@@ -297,14 +296,8 @@ impl Dispatcher {
                     if let Some(pool) = self.store().pool_by_id(&reaped.pool_id).await? {
                         telemetry::queued(&pool.name);
                     }
-                    self.enqueue(
-                        &reaped.pool_id,
-                        QueuedJob {
-                            id: job.id,
-                            demands: Arc::new(job.demands),
-                        },
-                    )
-                    .await?;
+                    self.enqueue(&reaped.pool_id, QueuedJob::stored(job.id, job.demands))
+                        .await?;
                 }
             }
             ReapOutcome::Failed | ReapOutcome::Canceled => {

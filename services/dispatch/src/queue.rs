@@ -20,6 +20,40 @@ pub struct QueuedJob {
     pub id: String,
     /// What the agent must offer.
     pub demands: Arc<BTreeMap<String, String>>,
+    /// The job as this process stored it, when it was queued here: its
+    /// dispatch then reads nothing back from the store. `None` for jobs
+    /// loaded from the store (start-up, requeues, other replicas).
+    pub prepared: Option<Arc<Prepared>>,
+}
+
+impl QueuedJob {
+    /// A job known by its id and demands; its row is read when it is
+    /// dispatched.
+    pub fn stored(id: String, demands: BTreeMap<String, String>) -> Self {
+        Self {
+            id,
+            demands: Arc::new(demands),
+            prepared: None,
+        }
+    }
+}
+
+/// A job as it was queued: its row (state `Queued`, first attempt) and its
+/// spec. `Debug` shows the id only: the spec holds the job's secrets.
+pub struct Prepared {
+    /// The row as inserted.
+    pub job: ferry_store::Job,
+    /// The normalized spec, as stored (encrypted) with the row.
+    pub spec: ferry_proto::v1::JobSpec,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Prepared")
+            .field("job_id", &self.job.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a waiting poller offers.
@@ -273,6 +307,7 @@ mod tests {
         QueuedJob {
             id: id.into(),
             demands: caps(demands),
+            prepared: None,
         }
     }
 

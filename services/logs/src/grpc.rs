@@ -13,7 +13,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::Logs;
+use futures::stream::FuturesOrdered;
+
+use crate::{Ingest, Logs};
 
 /// What each method needs.
 pub const AUTH: &[(&str, Requirement)] = &[
@@ -23,6 +25,33 @@ pub const AUTH: &[(&str, Requirement)] = &[
         Requirement::Administrator,
     ),
 ];
+
+/// Batches of one stream being stored at once.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// Sends the ack of a stored batch, or its refusal; false when the stream
+/// is over (refused, or the agent left).
+async fn acknowledge(
+    sender: &mpsc::Sender<Result<StreamLogsResponse, Status>>,
+    ingest: &mut Ingest,
+    stored: ferry_service::Result<u64>,
+    cancel_requested: bool,
+) -> bool {
+    match stored {
+        Ok(acked) => {
+            ingest.stored(acked);
+            let ack = StreamLogsResponse {
+                acked_sequence: ingest.acked(),
+                cancel_requested,
+            };
+            sender.send(Ok(ack)).await.is_ok()
+        }
+        Err(error) => {
+            let _ = sender.send(Err(Status::from(error))).await;
+            false
+        }
+    }
+}
 
 /// Largest message: a batch of lines.
 pub const MAX_REQUEST_SIZE: usize = 8 * 1024 * 1024;
@@ -57,6 +86,9 @@ impl LogService for Logs {
             let job_id = ingest.job_id().to_owned();
             let mut pending = Some(first);
             let mut cancel_sent = false;
+            // Batches handed to the writer, acked in order as they commit;
+            // the stream reads on meanwhile.
+            let mut in_flight = FuturesOrdered::new();
             loop {
                 if ingest.cancel_requested() && !cancel_sent {
                     cancel_sent = true;
@@ -71,9 +103,23 @@ impl LogService for Logs {
                 let message = match pending.take() {
                     Some(message) => message,
                     None => tokio::select! {
-                        next = inbound.next() => match next {
+                        Some(stored) = in_flight.next(), if !in_flight.is_empty() => {
+                            if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
+                                break;
+                            }
+                            continue;
+                        }
+                        next = inbound.next(), if in_flight.len() < MAX_IN_FLIGHT => match next {
                             Some(Ok(message)) => message,
-                            None => break,
+                            None => {
+                                // The agent is done sending: ack the rest.
+                                while let Some(stored) = in_flight.next().await {
+                                    if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
+                                        break;
+                                    }
+                                }
+                                break;
+                            }
                             Some(Err(status)) => {
                                 let _ = sender.send(Err(from_stream(status))).await;
                                 break;
@@ -109,17 +155,12 @@ impl LogService for Logs {
                         .await;
                     break;
                 }
-                let reply = ingest
-                    .append(message.lines)
-                    .await
-                    .map(|acked_sequence| StreamLogsResponse {
-                        acked_sequence,
-                        cancel_requested: cancel_sent,
-                    })
-                    .map_err(Status::from);
-                let failed = reply.is_err();
-                if sender.send(reply).await.is_err() || failed {
-                    break;
+                match ingest.append(message.lines).await {
+                    Ok(stored) => in_flight.push_back(stored),
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(error))).await;
+                        break;
+                    }
                 }
             }
         });

@@ -19,7 +19,7 @@ use ferry_service::{Error, Event, Events, Result, validate};
 use ferry_store::Store;
 use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Longest line text, in bytes (the agent splits longer output).
 pub const MAX_LINE_LEN: usize = 64 * 1024;
@@ -38,11 +38,41 @@ struct StoredLines {
     lines: Vec<LogLine>,
 }
 
+/// Most batches one group commit takes.
+const MAX_GROUP: usize = 256;
+/// Batches waiting for the writer, across all streams.
+const WRITER_QUEUE: usize = 1024;
+
 /// The log service's domain.
 #[derive(Debug, Clone)]
 pub struct Logs {
     store: Store,
     events: Events,
+    writer: mpsc::Sender<Append>,
+}
+
+/// A batch on its way to the group-commit writer.
+struct Append {
+    job_id: Arc<str>,
+    agent_id: Arc<str>,
+    attempt: u32,
+    first: u64,
+    last: u64,
+    lines: u64,
+    bytes: u64,
+    blob: Vec<u8>,
+    done: oneshot::Sender<Result<u64>>,
+}
+
+impl std::fmt::Debug for Append {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Append")
+            .field("job_id", &self.job_id)
+            .field("first", &self.first)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The stream of a job's log, from ingest's point of view.
@@ -50,16 +80,58 @@ pub struct Logs {
 pub struct Ingest {
     logs: Logs,
     job_id: Arc<str>,
-    agent_id: String,
+    agent_id: Arc<str>,
     attempt: u32,
+    /// The last line handed to the writer.
+    sent: u64,
+    /// The last line the store acknowledged.
     acked: u64,
     cancel_requested: bool,
 }
 
+/// A batch handed to the writer: resolves to the job's cumulative ack once
+/// the batch is stored (or to why it was refused).
+#[derive(Debug)]
+pub struct Stored(StoredInner);
+
+#[derive(Debug)]
+enum StoredInner {
+    Ready(u64),
+    Pending(oneshot::Receiver<Result<u64>>),
+}
+
+impl std::future::Future for Stored {
+    type Output = Result<u64>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<u64>> {
+        match &mut self.0 {
+            StoredInner::Ready(acked) => std::task::Poll::Ready(Ok(*acked)),
+            StoredInner::Pending(receiver) => {
+                std::pin::Pin::new(receiver).poll(context).map(|answer| {
+                    answer.unwrap_or_else(|_| {
+                        Err(Error::Unavailable("the log writer stopped".to_owned()))
+                    })
+                })
+            }
+        }
+    }
+}
+
 impl Logs {
-    /// A log service over `store`, raising and awaiting `events`.
+    /// A log service over `store`, raising and awaiting `events`. Starts
+    /// the group-commit writer (on the current tokio runtime), which runs
+    /// while any clone of the service lives.
     pub fn new(store: Store, events: Events) -> Self {
-        Self { store, events }
+        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        tokio::spawn(write_groups(store.clone(), events.clone(), queue));
+        Self {
+            store,
+            events,
+            writer,
+        }
     }
 
     /// Opens ingest for the caller's job: refused unless the job token is
@@ -87,8 +159,9 @@ impl Logs {
         Ok(Ingest {
             logs: self.clone(),
             job_id: job_id.into(),
-            agent_id: caller.agent_id.clone(),
+            agent_id: caller.agent_id.as_str().into(),
             attempt: caller.attempt,
+            sent: job.log_sequence,
             acked: job.log_sequence,
             cancel_requested: job.cancel_requested_at.is_some(),
         })
@@ -106,6 +179,11 @@ impl Ingest {
         self.acked
     }
 
+    /// Records an ack that [`Stored`] resolved to.
+    pub fn stored(&mut self, acked: u64) {
+        self.acked = self.acked.max(acked);
+    }
+
     /// The job being ingested.
     pub fn job_id(&self) -> &str {
         &self.job_id
@@ -116,8 +194,12 @@ impl Ingest {
         self.cancel_requested
     }
 
-    /// Stores the lines above the ack; returns the new cumulative ack.
-    pub async fn append(&mut self, mut lines: Vec<LogLine>) -> Result<u64> {
+    /// Checks a batch and hands the lines above those already handed over
+    /// to the group-commit writer, without waiting for the store: the
+    /// stream reads its next batch while this one commits. The returned
+    /// [`Stored`] resolves to the new cumulative ack; resolve them in
+    /// order.
+    pub async fn append(&mut self, mut lines: Vec<LogLine>) -> Result<Stored> {
         if lines.len() > MAX_LINES_PER_BATCH {
             return Err(Error::TooLarge(format!(
                 "a batch has {} lines, the limit is {MAX_LINES_PER_BATCH}",
@@ -138,42 +220,90 @@ impl Ingest {
                 ));
             }
         }
-        lines.retain(|line| line.sequence > self.acked);
+        lines.retain(|line| line.sequence > self.sent);
         let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
-            return Ok(self.acked); // empty, or only lines already stored
+            // empty, or only lines already handed over
+            return Ok(Stored(StoredInner::Ready(self.sent)));
         };
         let (first, last) = (first.sequence, last.sequence);
-        let count = lines.len() as u64;
-        let bytes: u64 = lines.iter().map(|line| line.text.len() as u64).sum();
-        if first != self.acked + 1 {
+        if first != self.sent + 1 {
             return Err(Error::FailedPrecondition(format!(
                 "lines must continue from {}; got {first}",
-                self.acked + 1
+                self.sent + 1
             )));
         }
-        let blob = StoredLines { lines }.encode_to_vec();
-        self.acked = self
-            .logs
-            .store
-            .append_log_batch(
-                &self.job_id,
-                ferry_store::Holder {
-                    agent_id: &self.agent_id,
-                    attempt: self.attempt,
-                },
-                first,
-                last,
-                blob,
-            )
-            .await?;
-        let metrics = ferry_observability::metrics::get();
-        metrics.log_lines.add(count, &[]);
-        metrics.log_bytes.add(bytes, &[]);
-        self.logs.events.publish(Event::LogsAppended {
+        let (done, answer) = oneshot::channel();
+        let append = Append {
             job_id: self.job_id.clone(),
-            sequence: self.acked,
-        });
-        Ok(self.acked)
+            agent_id: self.agent_id.clone(),
+            attempt: self.attempt,
+            first,
+            last,
+            lines: lines.len() as u64,
+            bytes: lines.iter().map(|line| line.text.len() as u64).sum(),
+            blob: StoredLines { lines }.encode_to_vec(),
+            done,
+        };
+        self.logs
+            .writer
+            .send(append)
+            .await
+            .map_err(|_| Error::Unavailable("the log writer stopped".to_owned()))?;
+        self.sent = last;
+        Ok(Stored(StoredInner::Pending(answer)))
+    }
+}
+
+/// The group-commit writer: takes every batch waiting (up to `MAX_GROUP`)
+/// and stores them in one transaction, then answers each and wakes the
+/// followers. One commit serves many streams, and a stream's next batch
+/// waits here while the previous group commits.
+async fn write_groups(store: Store, events: Events, mut queue: mpsc::Receiver<Append>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let batches = group
+            .iter()
+            .map(|append| ferry_store::NewLogBatch {
+                job_id: &append.job_id,
+                holder: ferry_store::Holder {
+                    agent_id: &append.agent_id,
+                    attempt: append.attempt,
+                },
+                first: append.first,
+                last: append.last,
+                lines: append.blob.clone(),
+            })
+            .collect();
+        let answers: Vec<Result<u64>> = match store.append_log_batches(batches).await {
+            Ok(answers) => answers
+                .into_iter()
+                .map(|answer| answer.map_err(Error::from))
+                .collect(),
+            Err(error) => {
+                tracing::error!(batches = group.len(), error = %error, "could not store log batches");
+                group
+                    .iter()
+                    .map(|_| {
+                        Err(Error::Unavailable(
+                            "the store is unavailable; retry later".to_owned(),
+                        ))
+                    })
+                    .collect()
+            }
+        };
+        let metrics = ferry_observability::metrics::get();
+        for (append, answer) in group.drain(..).zip(answers) {
+            if answer.is_ok() {
+                metrics.log_lines.add(append.lines, &[]);
+                metrics.log_bytes.add(append.bytes, &[]);
+                events.publish(Event::LogsAppended {
+                    job_id: append.job_id.clone(),
+                    sequence: append.last,
+                });
+            }
+            // the stream may have ended meanwhile
+            let _ = append.done.send(answer);
+        }
     }
 }
 

@@ -40,7 +40,7 @@ impl Store {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         administrator::Entity::insert(administrator::ActiveModel {
             id: Set(id.clone()),
             name: Set(name.to_owned()),
@@ -90,14 +90,16 @@ impl Store {
     ) -> Result<Option<Administrator>> {
         let Some(found) = token::Entity::find()
             .filter(token::Column::TokenHash.eq(token_hash))
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
         else {
             return Ok(None);
         };
         let Some(admin) = administrator::Entity::find_by_id(found.administrator_id.clone())
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
         else {
             return Ok(None);
         };
@@ -105,13 +107,16 @@ impl Store {
         if found
             .last_used_at
             .is_none_or(|last| now.saturating_sub(last) >= TOKEN_TOUCH_INTERVAL)
-            && let Err(err) = token::Entity::update_many()
+        {
+            let _writer = self.write_lock().await;
+            if let Err(err) = token::Entity::update_many()
                 .col_expr(token::Column::LastUsedAt, Expr::value(now))
                 .filter(token::Column::Id.eq(found.id.clone()))
                 .exec(self.db())
                 .await
-        {
-            tracing::warn!(error = %err, "could not record personal access token use");
+            {
+                tracing::warn!(error = %err, "could not record personal access token use");
+            }
         }
         let pool_ids = pool_ids_of(self.db(), &admin.id).await?;
         Ok(Some(to_administrator(admin, pool_ids)))
@@ -146,7 +151,7 @@ impl Store {
     /// Removes an administrator with their tokens and pool links.
     /// `NotFound` when there is no such administrator.
     pub async fn remove_administrator(&self, id: &str) -> Result<()> {
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         // the foreign keys cascade too; deleting explicitly does not depend on it
         token::Entity::delete_many()
             .filter(token::Column::AdministratorId.eq(id))
@@ -180,12 +185,14 @@ impl Store {
         administrator_id: &str,
     ) -> Result<()> {
         if pool::Entity::find_by_id(pool_id.to_owned())
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
             .is_none()
         {
             return Err(Error::NotFound("pool".to_owned()));
         }
+        let _writer = self.write_lock().await;
         pool_administrator::Entity::insert(pool_administrator::ActiveModel {
             pool_id: Set(pool_id.to_owned()),
             administrator_id: Set(administrator_id.to_owned()),

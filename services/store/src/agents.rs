@@ -8,7 +8,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 use crate::entity::agent;
 use crate::error::{Error, Result, insert_error};
 use crate::store::{Store, from_json, new_id, now_micros, parse_state, to_json};
-use crate::types::{Agent, AgentStatus, NewAgent};
+use crate::types::{Agent, AgentSeen, AgentStatus, NewAgent};
 
 impl TryFrom<agent::Model> for Agent {
     type Error = Error;
@@ -49,7 +49,7 @@ impl Store {
             last_seen_at: now,
         };
         let capabilities = to_json(&created.capabilities, "capabilities")?;
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         if replace {
             let replaced = agent::Entity::delete_many()
                 .filter(agent::Column::PoolId.eq(created.pool_id.clone()))
@@ -82,8 +82,9 @@ impl Store {
     /// The agent with this id, if any.
     pub async fn agent(&self, id: &str) -> Result<Option<Agent>> {
         agent::Entity::find_by_id(id.to_owned())
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
             .map(Agent::try_from)
             .transpose()
     }
@@ -107,6 +108,7 @@ impl Store {
     /// Removes an agent. `NotFound` when there is no such agent. Its jobs
     /// keep their `agent_id` as history.
     pub async fn remove_agent(&self, id: &str) -> Result<()> {
+        let _writer = self.write_lock().await;
         let deleted = agent::Entity::delete_many()
             .filter(agent::Column::Id.eq(id))
             .exec(self.db())
@@ -126,6 +128,7 @@ impl Store {
         current_job_id: Option<&str>,
         now: i64,
     ) -> Result<()> {
+        let _writer = self.write_lock().await;
         let updated = agent::Entity::update_many()
             .col_expr(agent::Column::Status, Expr::value(status.as_str()))
             .col_expr(
@@ -142,10 +145,38 @@ impl Store {
         Ok(())
     }
 
+    /// Records many agents' statuses, current jobs and `last_seen_at` in
+    /// one transaction (the dispatcher batches them). Agents that no longer
+    /// exist, or were seen later than `at` (by another replica), are
+    /// skipped.
+    pub async fn record_agent_statuses(&self, seen: &[AgentSeen]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let (_writer, txn) = self.begin_write().await?;
+        for agent in seen {
+            agent::Entity::update_many()
+                .col_expr(agent::Column::Status, Expr::value(agent.status.as_str()))
+                .col_expr(
+                    agent::Column::CurrentJobId,
+                    Expr::value(agent.current_job_id.clone()),
+                )
+                .col_expr(agent::Column::LastSeenAt, Expr::value(agent.at))
+                .filter(agent::Column::Id.eq(agent.id.as_str()))
+                // another replica may have recorded a later sighting
+                .filter(agent::Column::LastSeenAt.lte(agent.at))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Disables or enables an agent and returns it. A disabled agent gets
     /// no listener token and no job (the services enforce that). `NotFound`
     /// when there is no such agent.
     pub async fn set_agent_disabled(&self, id: &str, disabled: bool) -> Result<Agent> {
+        let _writer = self.write_lock().await;
         let updated = agent::Entity::update_many()
             .col_expr(agent::Column::Disabled, Expr::value(disabled))
             .filter(agent::Column::Id.eq(id))

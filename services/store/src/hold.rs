@@ -86,8 +86,9 @@ pub(crate) async fn holding(db: &impl ConnectionTrait, job_id: &str) -> Result<O
         .column(job::Column::AgentId)
         .column(job::Column::Attempt)
         .into_tuple()
-        .one(db)
-        .await?;
+        .all(db)
+        .await?
+        .pop();
     row.map(|(state, agent_id, attempt)| {
         Ok(Holding {
             state: parse_state(&state)?,

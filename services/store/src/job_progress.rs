@@ -33,7 +33,7 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let idx = i32::try_from(index).map_err(|_| Error::NotFound("job step".to_owned()))?;
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         if state == StepState::Running {
             job::Entity::update_many()
                 .col_expr(job::Column::State, Expr::value(JobState::Running.as_str()))
@@ -106,7 +106,7 @@ impl Store {
         } else {
             Expr::value(message)
         };
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let finished = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(state.as_str()))
             .col_expr(job::Column::Message, new_message)

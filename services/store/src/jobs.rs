@@ -126,7 +126,7 @@ impl Store {
             test_summary: Set(None),
             trace_context: Set(job.trace_context.clone()),
         };
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         job::Entity::insert(row)
             .exec_without_returning(&txn)
             .await
@@ -153,8 +153,9 @@ impl Store {
             .select_only()
             .column(job::Column::Spec)
             .into_tuple()
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
             .ok_or_else(|| Error::NotFound("job".to_owned()))?;
         self.cipher().open(id, &sealed)
     }
@@ -226,6 +227,7 @@ impl Store {
         now: i64,
         lease_expires_at: i64,
     ) -> Result<bool> {
+        let _writer = self.write_lock().await;
         let claimed = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Assigned.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(Some(agent_id.to_owned())))
@@ -245,6 +247,7 @@ impl Store {
     /// lease), if it is still `Assigned` to `agent_id`; otherwise does
     /// nothing.
     pub async fn release_job(&self, job_id: &str, agent_id: &str) -> Result<()> {
+        let _writer = self.write_lock().await;
         let released = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(None::<String>))
@@ -266,8 +269,9 @@ impl Store {
 pub(crate) async fn load_job(db: &impl ConnectionTrait, id: &str) -> Result<Option<Job>> {
     let Some(row) = job::Entity::find_by_id(id.to_owned())
         .into_partial_model::<JobRow>()
-        .one(db)
+        .all(db)
         .await?
+        .pop()
     else {
         return Ok(None);
     };

@@ -30,7 +30,7 @@ impl Store {
         now: i64,
         lease_expires_at: i64,
     ) -> Result<LeaseRenewal> {
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let renewed = job::Entity::update_many()
             .col_expr(
                 job::Column::LeaseExpiresAt,
@@ -59,8 +59,9 @@ impl Store {
             .select_only()
             .column(job::Column::CancelRequestedAt)
             .into_tuple()
-            .one(&txn)
-            .await?;
+            .all(&txn)
+            .await?
+            .pop();
         txn.commit().await?;
         Ok(LeaseRenewal {
             lease_expires_at,
@@ -81,7 +82,7 @@ impl Store {
         now: i64,
     ) -> Result<CancelOutcome> {
         let message = if reason.is_empty() { CANCELED } else { reason };
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         // lock the row so its state cannot change under the decision below
         let locked = job::Entity::update_many()
             .col_expr(job::Column::AgentId, Expr::col(job::Column::AgentId))
@@ -95,8 +96,9 @@ impl Store {
             .select_only()
             .column(job::Column::State)
             .into_tuple()
-            .one(&txn)
-            .await?;
+            .all(&txn)
+            .await?
+            .pop();
         let state: JobState =
             parse_state(&state.ok_or_else(|| Error::NotFound("job".to_owned()))?)?;
         let outcome = match state {

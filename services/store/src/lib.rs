@@ -41,7 +41,7 @@ pub use gauges::{CONNECTED_WITHIN_MICROS, PoolGauges};
 pub use notify::{Listener, MAX_PAYLOAD};
 pub use store::Store;
 pub use types::{
-    Administrator, Agent, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobFilter, JobState,
-    JobStep, LeaseRenewal, LogBatch, NewAgent, NewJob, ParseStateError, Pool, ReapOutcome, Reaped,
-    Source, StepState, TestSummary, demands_met,
+    Administrator, Agent, AgentSeen, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobFilter,
+    JobState, JobStep, LeaseRenewal, LogBatch, NewAgent, NewJob, NewLogBatch, ParseStateError,
+    Pool, ReapOutcome, Reaped, Source, StepState, TestSummary, demands_met,
 };

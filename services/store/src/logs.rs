@@ -4,14 +4,15 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 
 use crate::entity::{job, log_batch};
 use crate::error::{Error, Result};
 use crate::hold::{held_by, holding};
 use crate::store::{Store, to_i64, to_u64};
-use crate::types::{Holder, LogBatch};
+use crate::types::{Holder, LogBatch, NewLogBatch};
 
 const DEFAULT_BATCHES: u64 = 100;
 const MAX_BATCHES: u64 = 1000;
@@ -39,53 +40,35 @@ impl Store {
         last: u64,
         lines: Vec<u8>,
     ) -> Result<u64> {
-        if first == 0 || last < first {
-            return Err(Error::Invalid(format!(
-                "log batch range {first}..={last} is empty or starts at 0"
-            )));
-        }
-        let first_i = to_i64(first, "log sequence")?;
-        let last_i = to_i64(last, "log sequence")?;
-        let txn = self.begin_write().await?;
-        let advanced = job::Entity::update_many()
-            .col_expr(job::Column::LogSequence, Expr::value(last_i))
-            .filter(held_by(job_id, holder))
-            .filter(job::Column::LogSequence.eq(first_i - 1))
-            .exec(&txn)
-            .await?;
-        if advanced.rows_affected == 1 {
-            log_batch::Entity::insert(log_batch::ActiveModel {
-                id: NotSet,
-                job_id: Set(job_id.to_owned()),
-                first_sequence: Set(first_i),
-                last_sequence: Set(last_i),
-                lines: Set(lines),
-            })
-            .exec_without_returning(&txn)
-            .await?;
-            txn.commit().await?;
-            return Ok(last);
-        }
-        let refused = match holding(&txn, job_id).await? {
-            None => Some(Error::NotFound("job".to_owned())),
-            Some(now) => now.refuse(holder),
+        let batch = NewLogBatch {
+            job_id,
+            holder,
+            first,
+            last,
+            lines,
         };
-        let current = log_sequence_in(&txn, job_id).await?;
-        txn.rollback().await?;
-        if let Some(err) = refused {
-            Err(err)
-        } else if last <= current {
-            Ok(current)
-        } else if first > current + 1 {
-            Err(Error::Conflict(format!(
-                "log batch starts at line {first} but the next line is {}",
-                current + 1
-            )))
-        } else {
-            Err(Error::Conflict(format!(
-                "log batch {first}..={last} overlaps stored lines up to {current}"
-            )))
+        self.append_log_batches(vec![batch])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Invalid("no log batch".to_owned())))
+    }
+
+    /// Appends several batches (of one or many jobs) in one transaction —
+    /// group commit: the log service gathers the batches that arrive while
+    /// the previous group commits. Each batch gets the answer
+    /// [`Store::append_log_batch`] would give it, in order; batches of one
+    /// job apply in the order given. The outer error is the transaction's.
+    pub async fn append_log_batches(
+        &self,
+        batches: Vec<NewLogBatch<'_>>,
+    ) -> Result<Vec<Result<u64>>> {
+        let (_writer, txn) = self.begin_write().await?;
+        let mut answers = Vec::with_capacity(batches.len());
+        for batch in batches {
+            answers.push(append_in(&txn, batch).await?);
         }
+        txn.commit().await?;
+        Ok(answers)
     }
 
     /// The last log line stored for a job (0 when none). `NotFound` when the
@@ -128,8 +111,72 @@ async fn log_sequence_in(db: &impl ConnectionTrait, job_id: &str) -> Result<u64>
         .select_only()
         .column(job::Column::LogSequence)
         .into_tuple()
-        .one(db)
+        .all(db)
         .await?
+        .pop()
         .ok_or_else(|| Error::NotFound("job".to_owned()))?;
     to_u64(sequence, "log sequence")
+}
+
+/// One batch's append inside a group's transaction. The inner result is
+/// the batch's answer (a refusal writes nothing); the outer one is a
+/// database failure that ends the whole group.
+async fn append_in(txn: &DatabaseTransaction, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
+    let NewLogBatch {
+        job_id,
+        holder,
+        first,
+        last,
+        lines,
+    } = batch;
+    if first == 0 || last < first {
+        return Ok(Err(Error::Invalid(format!(
+            "log batch range {first}..={last} is empty or starts at 0"
+        ))));
+    }
+    let (first_i, last_i) = match (to_i64(first, "log sequence"), to_i64(last, "log sequence")) {
+        (Ok(first_i), Ok(last_i)) => (first_i, last_i),
+        (Err(err), _) | (_, Err(err)) => return Ok(Err(err)),
+    };
+    let advanced = job::Entity::update_many()
+        .col_expr(job::Column::LogSequence, Expr::value(last_i))
+        .filter(held_by(job_id, holder))
+        .filter(job::Column::LogSequence.eq(first_i - 1))
+        .exec(txn)
+        .await?;
+    if advanced.rows_affected == 1 {
+        log_batch::Entity::insert(log_batch::ActiveModel {
+            id: NotSet,
+            job_id: Set(job_id.to_owned()),
+            first_sequence: Set(first_i),
+            last_sequence: Set(last_i),
+            lines: Set(lines),
+        })
+        .exec_without_returning(txn)
+        .await?;
+        return Ok(Ok(last));
+    }
+    let refused = match holding(txn, job_id).await? {
+        None => Some(Error::NotFound("job".to_owned())),
+        Some(now) => now.refuse(holder),
+    };
+    let current = match log_sequence_in(txn, job_id).await {
+        Ok(current) => current,
+        Err(Error::NotFound(what)) => return Ok(Err(Error::NotFound(what))),
+        Err(err) => return Err(err),
+    };
+    Ok(if let Some(err) = refused {
+        Err(err)
+    } else if last <= current {
+        Ok(current)
+    } else if first > current + 1 {
+        Err(Error::Conflict(format!(
+            "log batch starts at line {first} but the next line is {}",
+            current + 1
+        )))
+    } else {
+        Err(Error::Conflict(format!(
+            "log batch {first}..={last} overlaps stored lines up to {current}"
+        )))
+    })
 }

@@ -25,6 +25,7 @@ impl Store {
             name: name.to_owned(),
             created_at: now_micros(),
         };
+        let _writer = self.write_lock().await;
         pool::Entity::insert(pool::ActiveModel {
             id: Set(model.id.clone()),
             name: Set(model.name.clone()),
@@ -40,16 +41,18 @@ impl Store {
     pub async fn pool_by_name(&self, name: &str) -> Result<Option<Pool>> {
         Ok(pool::Entity::find()
             .filter(pool::Column::Name.eq(name))
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
             .map(Pool::from))
     }
 
     /// The pool with this id, if any.
     pub async fn pool_by_id(&self, id: &str) -> Result<Option<Pool>> {
         Ok(pool::Entity::find_by_id(id.to_owned())
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
             .map(Pool::from))
     }
 

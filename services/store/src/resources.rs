@@ -44,6 +44,7 @@ impl Store {
     /// Records a source archive. `AlreadyExists` when the id is taken,
     /// `NotFound` when the pool does not exist.
     pub async fn insert_source(&self, source: Source) -> Result<()> {
+        let _writer = self.write_lock().await;
         source::Entity::insert(source::ActiveModel {
             size: Set(to_i64(source.size, "source size")?),
             id: Set(source.id),
@@ -61,8 +62,9 @@ impl Store {
     /// The source with this id, if any.
     pub async fn source(&self, id: &str) -> Result<Option<Source>> {
         source::Entity::find_by_id(id.to_owned())
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
             .map(Source::try_from)
             .transpose()
     }
@@ -70,6 +72,7 @@ impl Store {
     /// Records an artifact of a job. `AlreadyExists` when the job already
     /// has an artifact of this name, `NotFound` when the job does not exist.
     pub async fn insert_artifact(&self, artifact: Artifact) -> Result<()> {
+        let _writer = self.write_lock().await;
         artifact::Entity::insert(artifact::ActiveModel {
             size: Set(to_i64(artifact.size, "artifact size")?),
             job_id: Set(artifact.job_id),
@@ -98,8 +101,9 @@ impl Store {
     /// One artifact of a job, if it exists.
     pub async fn artifact(&self, job_id: &str, name: &str) -> Result<Option<Artifact>> {
         artifact::Entity::find_by_id((job_id.to_owned(), name.to_owned()))
-            .one(self.db())
+            .all(self.db())
             .await?
+            .pop()
             .map(Artifact::try_from)
             .transpose()
     }
@@ -121,8 +125,9 @@ impl Store {
             .column_as(Expr::from(total), "total")
             .filter(artifact::Column::JobId.eq(job_id))
             .into_tuple()
-            .one(self.db())
-            .await?;
+            .all(self.db())
+            .await?
+            .pop();
         to_u64(bytes.unwrap_or(0), "artifact size")
     }
 
@@ -137,14 +142,15 @@ impl Store {
         holder: Holder<'_>,
         file: &TestSummary,
     ) -> Result<TestSummary> {
-        let txn = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         hold_job(&txn, job_id, holder).await?;
         let stored: Option<Option<String>> = job::Entity::find_by_id(job_id.to_owned())
             .select_only()
             .column(job::Column::TestSummary)
             .into_tuple()
-            .one(&txn)
-            .await?;
+            .all(&txn)
+            .await?
+            .pop();
         let mut summary = match stored.flatten() {
             Some(text) => from_json::<TestSummary>(&text, "test summary")?,
             None => TestSummary::default(),

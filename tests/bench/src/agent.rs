@@ -250,7 +250,7 @@ fn open(
     opener: &Opener,
     context: &[u8],
     sealed: SealedEnvelope,
-) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+) -> anyhow::Result<ferry_envelope::Plaintext> {
     let envelope = Envelope::from_parts(
         sealed.version,
         &sealed.ephemeral_public_key,
@@ -259,6 +259,6 @@ fn open(
     )
     .context("malformed envelope")?;
     opener
-        .open(context, &envelope)
+        .open_owned(context, envelope)
         .context("the envelope does not open")
 }

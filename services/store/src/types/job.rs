@@ -121,6 +121,17 @@ pub struct LogBatch {
     pub lines: Vec<u8>,
 }
 
+/// A batch of log lines `first..=last` (one opaque blob) to append for the
+/// agent holding the job.
+#[derive(Debug, Clone)]
+pub struct NewLogBatch<'a> {
+    pub job_id: &'a str,
+    pub holder: Holder<'a>,
+    pub first: u64,
+    pub last: u64,
+    pub lines: Vec<u8>,
+}
+
 /// Who holds a job: its agent and the attempt (the fencing token). Every write
 /// by an agent names its holder; a write by a stale holder (another agent, or an
 /// earlier attempt, or a job no longer Assigned/Running) is `Error::Conflict`.

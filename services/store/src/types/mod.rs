@@ -9,8 +9,8 @@ mod resource;
 
 pub(crate) use job::DEFAULT_MAX_ATTEMPTS;
 pub use job::{
-    CancelOutcome, Holder, Job, JobFilter, JobStep, LeaseRenewal, LogBatch, NewJob, ReapOutcome,
-    Reaped,
+    CancelOutcome, Holder, Job, JobFilter, JobStep, LeaseRenewal, LogBatch, NewJob, NewLogBatch,
+    ReapOutcome, Reaped,
 };
 pub use resource::{Artifact, Source, TestSummary};
 
@@ -158,6 +158,16 @@ pub struct NewAgent {
     pub name: String,
     pub public_key: Vec<u8>,
     pub capabilities: BTreeMap<String, String>,
+}
+
+/// An agent's status as last seen by the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSeen {
+    pub id: String,
+    pub status: AgentStatus,
+    pub current_job_id: Option<String>,
+    /// When it was seen (µs).
+    pub at: i64,
 }
 
 /// A registered agent.
