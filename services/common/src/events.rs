@@ -63,6 +63,9 @@ pub enum Event {
         /// The agent.
         agent_id: Arc<str>,
     },
+    /// An administrator was added or removed, or administers other pools
+    /// now: cached PAT lookups are stale.
+    AdministratorsChanged,
     /// Events may have been lost (the listener reconnected): re-read state.
     Resync,
 }
@@ -76,7 +79,7 @@ impl Event {
             | Event::LogsAppended { job_id, .. }
             | Event::JobFinished { job_id }
             | Event::CancelRequested { job_id } => Some(job_id),
-            Event::AgentRevoked { .. } | Event::Resync => None,
+            Event::AgentRevoked { .. } | Event::AdministratorsChanged | Event::Resync => None,
         }
     }
 }
@@ -213,6 +216,7 @@ mod tests {
             Event::AgentRevoked {
                 agent_id: "a".into(),
             },
+            Event::AdministratorsChanged,
             Event::Resync,
         ];
         for event in events {

@@ -14,11 +14,12 @@ pub mod spec;
 
 mod convert;
 mod listing;
+mod status;
 mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_auth::token::{Audience, Claims, TokenSigner, scope};
 use ferry_auth::{AdministratorIdentity, AgentIdentity};
@@ -99,17 +100,9 @@ struct Inner {
     config: DispatchConfig,
     /// Each agent's status as this replica last saw it; written to the
     /// store in batches (see [`Dispatcher::spawn_status_writer`]).
-    agent_status: Mutex<HashMap<String, SeenStatus>>,
-}
-
-/// An agent's last status and whether the store has it yet.
-struct SeenStatus {
-    status: ferry_store::AgentStatus,
-    job_id: Option<String>,
-    /// When it was seen (µs).
-    seen_at: i64,
-    /// When it was last written to the store.
-    written: Option<Instant>,
+    agent_status: Mutex<HashMap<String, status::SeenStatus>>,
+    /// Pools by name, as read once from the store.
+    pools: Mutex<HashMap<String, ferry_store::Pool>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -120,11 +113,6 @@ impl std::fmt::Debug for Dispatcher {
             .finish_non_exhaustive()
     }
 }
-
-/// An unchanged status is written again this often (`last_seen_at`).
-const STATUS_REFRESH: Duration = Duration::from_secs(60);
-/// How often changed agent statuses are written, in one transaction.
-const STATUS_WRITE_EVERY: Duration = Duration::from_millis(500);
 
 impl Dispatcher {
     /// A dispatcher over `store`; loads the jobs already queued there.
@@ -145,6 +133,7 @@ impl Dispatcher {
                 hand_off: HandOff::new(returns_sender),
                 config,
                 agent_status: Mutex::new(HashMap::new()),
+                pools: Mutex::new(HashMap::new()),
             }),
         };
         let returner = dispatcher.clone();
@@ -280,92 +269,6 @@ impl Dispatcher {
         &self.inner.store
     }
 
-    /// Notes an agent's status; the status writer records it within
-    /// `STATUS_WRITE_EVERY` when it changed, or when the stored one is a
-    /// minute old. Polls and dispatches never wait on this write.
-    fn set_agent_status(
-        &self,
-        agent_id: &str,
-        status: ferry_store::AgentStatus,
-        job_id: Option<&str>,
-    ) {
-        let mut seen = self
-            .inner
-            .agent_status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let seen_at = now_micros();
-        match seen.get_mut(agent_id) {
-            Some(entry) if entry.status == status && entry.job_id.as_deref() == job_id => {
-                entry.seen_at = seen_at;
-            }
-            Some(entry) => {
-                entry.status = status;
-                entry.job_id = job_id.map(str::to_owned);
-                entry.seen_at = seen_at;
-                entry.written = None;
-            }
-            None => {
-                seen.insert(
-                    agent_id.to_owned(),
-                    SeenStatus {
-                        status,
-                        job_id: job_id.map(str::to_owned),
-                        seen_at,
-                        written: None,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Writes the agent statuses noted since the last round, all in one
-    /// transaction, every `STATUS_WRITE_EVERY` while the dispatcher lives.
-    fn spawn_status_writer(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(STATUS_WRITE_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let due: Vec<ferry_store::AgentSeen> = {
-                    let mut seen = inner
-                        .agent_status
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    let now = Instant::now();
-                    seen.iter_mut()
-                        .filter(|(_, entry)| {
-                            entry.written.is_none_or(|at| now - at > STATUS_REFRESH)
-                        })
-                        .map(|(id, entry)| {
-                            entry.written = Some(now);
-                            ferry_store::AgentSeen {
-                                id: id.clone(),
-                                status: entry.status,
-                                current_job_id: entry.job_id.clone(),
-                                at: entry.seen_at,
-                            }
-                        })
-                        .collect()
-                };
-                if let Err(error) = inner.store.record_agent_statuses(&due).await {
-                    tracing::warn!(agents = due.len(), error = %error, "could not record agent statuses");
-                    let mut seen = inner
-                        .agent_status
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    for agent in &due {
-                        if let Some(entry) = seen.get_mut(&agent.id) {
-                            entry.written = None;
-                        }
-                    }
-                }
-            }
-        });
-    }
-
     /// Queues a job in a pool the caller administers and offers it at once;
     /// the current span's trace context is kept with it.
     pub async fn queue_job(&self, caller: &AdministratorIdentity, spec: JobSpec) -> Result<Job> {
@@ -382,11 +285,7 @@ impl Dispatcher {
         trace_context: Option<String>,
     ) -> Result<Job> {
         let timeout = spec::normalize(&mut spec)?;
-        let pool = self
-            .store()
-            .pool_by_name(&spec.pool)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("pool {:?} not found", spec.pool)))?;
+        let pool = self.pool_named(&spec.pool).await?;
         if !caller.administers(&pool.id) {
             return Err(Error::PermissionDenied(format!(
                 "{} is not an administrator of pool {:?}",
@@ -410,49 +309,116 @@ impl Dispatcher {
         let demands = validate::ordered(spec.demands.clone());
         let mut secret_names: Vec<String> = spec.secrets.keys().cloned().collect();
         secret_names.sort();
+        let new_job = ferry_store::NewJob {
+            id: uuid::Uuid::now_v7().to_string(),
+            pool_id: pool.id.clone(),
+            name: spec.name.clone(),
+            project: spec.project.clone(),
+            pipeline: spec.pipeline.clone(),
+            demands,
+            secret_names,
+            step_names: spec.steps.iter().map(|step| step.name.clone()).collect(),
+            spec: spec.encode_to_vec(),
+            timeout_seconds: timeout.as_secs() as i64,
+            queued_at: now_micros(),
+            source_id: source_id.clone(),
+            max_attempts: self.inner.config.max_attempts,
+        };
         let job = self
-            .store()
-            .insert_traced_job(
-                ferry_store::NewJob {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    pool_id: pool.id.clone(),
-                    name: spec.name.clone(),
-                    project: spec.project.clone(),
-                    pipeline: spec.pipeline.clone(),
-                    demands: demands.clone(),
-                    secret_names,
-                    step_names: spec.steps.iter().map(|step| step.name.clone()).collect(),
-                    spec: spec.encode_to_vec(),
-                    timeout_seconds: timeout.as_secs() as i64,
-                    queued_at: now_micros(),
-                    source_id: source_id.clone(),
-                    max_attempts: self.inner.config.max_attempts,
-                },
-                trace_context,
-            )
+            .store_and_hand_off(new_job, spec, trace_context)
             .await?;
         tracing::info!(job_id = %job.id, pool = %pool.name, name = %job.name, by = %caller.name, "job queued");
         telemetry::queued(&pool.name);
+        // The answer to QueueJob keeps to the stored message: explaining why
+        // a job waits lists the pool's agents, too costly for every queue.
+        convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await
+    }
+
+    /// Stores a new job and hands it out. When a poller that can run it is
+    /// waiting here, the job is stored already assigned to it — queueing and
+    /// claiming in one write — and handed over; otherwise it is stored
+    /// queued and offered. Returns the job as it stands after that (as
+    /// written: nothing is read back).
+    async fn store_and_hand_off(
+        &self,
+        new_job: ferry_store::NewJob,
+        spec: JobSpec,
+        trace_context: Option<String>,
+    ) -> Result<ferry_store::Job> {
+        let pool_id = new_job.pool_id.clone();
+        let demands = Arc::new(new_job.demands.clone());
+        let taken = self.inner.hand_off.take_waiter(&pool_id, &demands);
+        let mut job = match &taken {
+            Some(taken) => {
+                let now = now_micros();
+                let lease = self.inner.config.lease_duration.as_micros() as i64;
+                self.store()
+                    .insert_assigned_job(new_job, trace_context, &taken.agent_id, now, now + lease)
+                    .await?
+            }
+            None => {
+                self.store()
+                    .insert_traced_job(new_job, trace_context)
+                    .await?
+            }
+        };
         let queued = QueuedJob {
             id: job.id.clone(),
-            demands: Arc::new(demands),
+            demands,
             prepared: Some(Arc::new(queue::Prepared {
                 job: job.clone(),
                 spec,
             })),
         };
-        let mut job = job;
-        if let Some(claim) = self.enqueue(&pool.id, queued).await? {
-            // Answered from what was written, not read back: handed to a
-            // waiting agent with this lease.
+        let queued = match taken {
+            Some(taken) => {
+                let agent_id = taken.agent_id.clone();
+                let Err(queued) = taken.send(queued) else {
+                    return Ok(job);
+                };
+                // The poll ended while the job was stored: queue it.
+                self.store().release_job(&job.id, &agent_id).await?;
+                job.state = ferry_store::JobState::Queued;
+                job.agent_id = None;
+                job.assigned_at = None;
+                job.lease_expires_at = None;
+                queued
+            }
+            None => queued,
+        };
+        if let Some(claim) = self.enqueue(&pool_id, queued).await? {
             job.state = ferry_store::JobState::Assigned;
             job.agent_id = Some(claim.agent_id);
             job.assigned_at = Some(claim.at);
             job.lease_expires_at = Some(claim.lease_expires_at);
         }
-        // The answer to QueueJob keeps to the stored message: explaining why
-        // a job waits lists the pool's agents, too costly for every queue.
-        convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await
+        Ok(job)
+    }
+
+    /// The pool with this name. Pools are never renamed or removed, so
+    /// each is read from the store once.
+    async fn pool_named(&self, name: &str) -> Result<ferry_store::Pool> {
+        let cached = self
+            .inner
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(pool) = cached {
+            return Ok(pool);
+        }
+        let pool = self
+            .store()
+            .pool_by_name(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("pool {name:?} not found")))?;
+        self.inner
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(name.to_owned(), pool.clone());
+        Ok(pool)
     }
 
     /// Offers a job to the pool's waiting polls until one takes it (its

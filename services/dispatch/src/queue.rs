@@ -71,6 +71,27 @@ struct PoolQueue {
     waiters: VecDeque<Waiter>,
 }
 
+impl PoolQueue {
+    /// Removes and returns the first live waiter that meets `demands`.
+    fn take_waiter(&mut self, demands: &BTreeMap<String, String>) -> Option<Taken> {
+        while let Some(position) = self
+            .waiters
+            .iter()
+            .position(|waiter| ferry_store::demands_met(demands, &waiter.capabilities))
+        {
+            let waiter = self.waiters.remove(position)?;
+            if waiter.sender.is_closed() {
+                continue; // the poll ended; try the next one
+            }
+            return Some(Taken {
+                agent_id: waiter.agent_id,
+                sender: waiter.sender,
+            });
+        }
+        None
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     pools: HashMap<String, PoolQueue>,
@@ -195,24 +216,18 @@ impl HandOff {
     pub fn offer(&self, pool_id: &str, job: QueuedJob) -> Offer {
         let mut state = self.lock();
         let pool = state.pools.entry(pool_id.to_owned()).or_default();
-        while let Some(position) = pool
-            .waiters
-            .iter()
-            .position(|waiter| ferry_store::demands_met(&job.demands, &waiter.capabilities))
-        {
-            let Some(waiter) = pool.waiters.remove(position) else {
-                break;
-            };
-            if waiter.sender.is_closed() {
-                continue; // the poll ended; try the next one
-            }
-            return Offer::Taken(Taken {
-                agent_id: waiter.agent_id,
-                sender: waiter.sender,
-            });
+        if let Some(taken) = pool.take_waiter(&job.demands) {
+            return Offer::Taken(taken);
         }
         pool.jobs.push_back(job);
         Offer::Queued
+    }
+
+    /// The longest-waiting poller that meets `demands`, removed from the
+    /// queue, for a job about to be stored as already assigned to it; `None`
+    /// when no poller can take such a job (nothing is queued then).
+    pub fn take_waiter(&self, pool_id: &str, demands: &BTreeMap<String, String>) -> Option<Taken> {
+        self.lock().pools.get_mut(pool_id)?.take_waiter(demands)
     }
 
     /// Puts a job back at the head of its pool's queue (its claim failed for

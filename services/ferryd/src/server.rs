@@ -2,10 +2,11 @@
 //! (the embedded default), or one of them behind the gateway on a mesh port
 //! that speaks mutual TLS and admits only the allowed peers.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_auth::{AdministratorIdentity, AdministratorLookup, AuthLayer, Authenticator, Policy};
@@ -15,7 +16,7 @@ use ferry_logs::Logs;
 use ferry_registry::Registry;
 use ferry_resources::Resources;
 use ferry_resources::blob::FsBlobStore;
-use ferry_service::{Events, StatusLayer};
+use ferry_service::{Event, Events, StatusLayer};
 use ferry_store::Store;
 use ferry_tokens::Tokens;
 use futures::future::BoxFuture;
@@ -32,26 +33,90 @@ use crate::data_dir;
 /// Agents whose shared secret stays cached.
 const SEALER_CACHE_CAPACITY: usize = 100_000;
 
-/// Resolves PATs against the store.
-struct StoreAdministrators(Store);
+/// How long a PAT that resolved to an administrator is trusted without
+/// asking the store again. Changes made through the registry (an
+/// administrator removed, a pool created) clear the cache at once on every
+/// replica (`Event::AdministratorsChanged`); this bounds staleness should
+/// such an event be lost.
+const PAT_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Administrators' PATs kept; the cache starts over when full.
+const PAT_CACHE_CAPACITY: usize = 10_000;
+
+/// Resolves PATs against the store, keeping the administrators found for
+/// `PAT_CACHE_TTL` (keyed by the PAT's SHA-256, as stored): a `QueueJob`
+/// then costs no PAT lookup. Unknown PATs are never cached.
+struct StoreAdministrators {
+    store: Store,
+    cache: Arc<Mutex<HashMap<String, (AdministratorIdentity, Instant)>>>,
+}
+
+impl StoreAdministrators {
+    /// A lookup whose cache is cleared whenever `events` says the
+    /// administrators changed (or events were lost).
+    fn new(store: Store, events: &Events) -> Self {
+        let cache: Arc<Mutex<HashMap<String, (AdministratorIdentity, Instant)>>> = Arc::default();
+        let mut changes = events.subscribe();
+        let weak = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            loop {
+                let stale = match changes.recv().await {
+                    Ok(Event::AdministratorsChanged | Event::Resync)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Ok(_) => false,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(cache) = weak.upgrade() else { return };
+                if stale {
+                    lock(&cache).clear();
+                }
+            }
+        });
+        Self { store, cache }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 impl AdministratorLookup for StoreAdministrators {
     fn administrator_by_token_hash(
         &self,
         token_hash: String,
     ) -> BoxFuture<'static, Result<Option<AdministratorIdentity>, Status>> {
-        let store = self.0.clone();
+        let store = self.store.clone();
+        let cache = self.cache.clone();
         Box::pin(async move {
+            if let Some((identity, at)) = lock(&cache).get(&token_hash)
+                && at.elapsed() < PAT_CACHE_TTL
+            {
+                return Ok(Some(identity.clone()));
+            }
             let found = store
                 .administrator_by_token_hash(&token_hash)
                 .await
-                .map_err(|error| Status::from(ferry_service::Error::from(error)))?;
-            Ok(found.map(|administrator| AdministratorIdentity {
-                id: administrator.id,
-                name: administrator.name,
-                owner: administrator.owner,
-                pool_ids: administrator.pool_ids,
-            }))
+                .map_err(|error| Status::from(ferry_service::Error::from(error)))?
+                .map(|administrator| AdministratorIdentity {
+                    id: administrator.id,
+                    name: administrator.name,
+                    owner: administrator.owner,
+                    pool_ids: administrator.pool_ids,
+                });
+            let mut cached = lock(&cache);
+            match &found {
+                Some(identity) => {
+                    if cached.len() >= PAT_CACHE_CAPACITY {
+                        cached.clear();
+                    }
+                    cached.insert(token_hash, (identity.clone(), Instant::now()));
+                }
+                None => {
+                    cached.remove(&token_hash);
+                }
+            }
+            Ok(found)
         })
     }
 }
@@ -282,7 +347,7 @@ pub async fn start_role(
     let authenticator = Authenticator::new(
         policy,
         signer.verifier(),
-        Arc::new(StoreAdministrators(store)),
+        Arc::new(StoreAdministrators::new(store, &events)),
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -156,6 +156,7 @@ impl Registry {
         self.store
             .add_pool_administrator(&pool.id, &caller.id)
             .await?;
+        self.events.publish(Event::AdministratorsChanged);
         tracing::info!(pool = %pool.name, administrator = %caller.name, "pool created");
         Ok(CreatePoolResponse {
             pool: Some(pool_to_proto(pool)),
@@ -347,6 +348,7 @@ impl Registry {
             ));
         }
         self.store.remove_administrator(administrator_id).await?;
+        self.events.publish(Event::AdministratorsChanged);
         tracing::info!(administrator = %target.name, by = %caller.name, "administrator removed");
         Ok(())
     }

@@ -34,6 +34,32 @@ impl Store {
         new: NewJob,
         trace_context: Option<String>,
     ) -> Result<Job> {
+        self.insert_job_as(new, trace_context, None).await
+    }
+
+    /// [`Store::insert_traced_job`] for a job handed at once to an agent
+    /// that was waiting for one: stored `Assigned` to `agent_id` at `now`
+    /// with a lease until `lease_expires_at` (attempt 1), so queueing and
+    /// claiming are one write. Nobody else can claim a row that did not
+    /// exist.
+    pub async fn insert_assigned_job(
+        &self,
+        new: NewJob,
+        trace_context: Option<String>,
+        agent_id: &str,
+        now: i64,
+        lease_expires_at: i64,
+    ) -> Result<Job> {
+        self.insert_job_as(new, trace_context, Some((agent_id, now, lease_expires_at)))
+            .await
+    }
+
+    async fn insert_job_as(
+        &self,
+        new: NewJob,
+        trace_context: Option<String>,
+        assigned: Option<(&str, i64, i64)>,
+    ) -> Result<Job> {
         let sealed = self.cipher().seal(&new.id, &new.spec)?;
         let max_attempts = match new.max_attempts {
             0 => DEFAULT_MAX_ATTEMPTS,
@@ -64,19 +90,23 @@ impl Store {
             name: new.name,
             project: new.project,
             pipeline: new.pipeline,
-            state: JobState::Queued,
+            state: if assigned.is_some() {
+                JobState::Assigned
+            } else {
+                JobState::Queued
+            },
             demands: new.demands,
             secret_names: new.secret_names,
             attempt: 1,
-            agent_id: None,
+            agent_id: assigned.map(|(agent_id, _, _)| agent_id.to_owned()),
             message: String::new(),
             timeout_seconds: new.timeout_seconds,
             queued_at: new.queued_at,
-            assigned_at: None,
+            assigned_at: assigned.map(|(_, at, _)| at),
             started_at: None,
             finished_at: None,
             log_sequence: 0,
-            lease_expires_at: None,
+            lease_expires_at: assigned.map(|(_, _, lease)| lease),
             cancel_requested_at: None,
             max_attempts,
             source_id: new.source_id,
@@ -111,15 +141,15 @@ impl Store {
             secret_names: Set(to_json(&job.secret_names, "secret names")?),
             spec: Set(sealed),
             attempt: Set(1),
-            agent_id: Set(None),
+            agent_id: Set(job.agent_id.clone()),
             message: Set(String::new()),
             timeout_seconds: Set(job.timeout_seconds),
             queued_at: Set(job.queued_at),
-            assigned_at: Set(None),
+            assigned_at: Set(job.assigned_at),
             started_at: Set(None),
             finished_at: Set(None),
             log_sequence: Set(0),
-            lease_expires_at: Set(None),
+            lease_expires_at: Set(job.lease_expires_at),
             cancel_requested_at: Set(None),
             max_attempts: Set(max_attempts_i),
             source_id: Set(job.source_id.clone()),

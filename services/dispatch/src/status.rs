@@ -1,0 +1,113 @@
+//! Agent statuses as dispatch sees them (online on each poll, busy when
+//! handed a job), kept in memory and written to the store in batches: a
+//! poll or a dispatch never waits on this write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_proto::time::now_micros;
+
+use crate::Dispatcher;
+
+/// An unchanged status is written again this often (`last_seen_at`).
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// How often changed agent statuses are written, in one transaction.
+const STATUS_WRITE_EVERY: Duration = Duration::from_millis(500);
+
+/// An agent's last status and whether the store has it yet.
+pub(crate) struct SeenStatus {
+    status: ferry_store::AgentStatus,
+    job_id: Option<String>,
+    /// When it was seen (µs).
+    seen_at: i64,
+    /// When it was last written to the store.
+    written: Option<Instant>,
+}
+
+impl Dispatcher {
+    /// Notes an agent's status; the status writer records it within
+    /// `STATUS_WRITE_EVERY` when it changed, or when the stored one is a
+    /// minute old. Polls and dispatches never wait on this write.
+    pub(crate) fn set_agent_status(
+        &self,
+        agent_id: &str,
+        status: ferry_store::AgentStatus,
+        job_id: Option<&str>,
+    ) {
+        let mut seen = self
+            .inner
+            .agent_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seen_at = now_micros();
+        match seen.get_mut(agent_id) {
+            Some(entry) if entry.status == status && entry.job_id.as_deref() == job_id => {
+                entry.seen_at = seen_at;
+            }
+            Some(entry) => {
+                entry.status = status;
+                entry.job_id = job_id.map(str::to_owned);
+                entry.seen_at = seen_at;
+                entry.written = None;
+            }
+            None => {
+                seen.insert(
+                    agent_id.to_owned(),
+                    SeenStatus {
+                        status,
+                        job_id: job_id.map(str::to_owned),
+                        seen_at,
+                        written: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Writes the agent statuses noted since the last round, all in one
+    /// transaction, every `STATUS_WRITE_EVERY` while the dispatcher lives.
+    pub(crate) fn spawn_status_writer(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(STATUS_WRITE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let due: Vec<ferry_store::AgentSeen> = {
+                    let mut seen = inner
+                        .agent_status
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let now = Instant::now();
+                    seen.iter_mut()
+                        .filter(|(_, entry)| {
+                            entry.written.is_none_or(|at| now - at > STATUS_REFRESH)
+                        })
+                        .map(|(id, entry)| {
+                            entry.written = Some(now);
+                            ferry_store::AgentSeen {
+                                id: id.clone(),
+                                status: entry.status,
+                                current_job_id: entry.job_id.clone(),
+                                at: entry.seen_at,
+                            }
+                        })
+                        .collect()
+                };
+                if let Err(error) = inner.store.record_agent_statuses(&due).await {
+                    tracing::warn!(agents = due.len(), error = %error, "could not record agent statuses");
+                    let mut seen = inner
+                        .agent_status
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for agent in &due {
+                        if let Some(entry) = seen.get_mut(&agent.id) {
+                            entry.written = None;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
