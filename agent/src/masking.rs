@@ -13,12 +13,17 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
 /// What a masked occurrence is replaced with.
 pub const MASK: &str = "***";
+
+/// Up to this many patterns the matcher is a DFA (fast, and small for a
+/// handful of secrets); beyond, aho-corasick's default (and memory-lean)
+/// choice with its prefilter.
+const DFA_PATTERNS: usize = 256;
 
 /// The prefix of the stdout command that adds a value to mask at run time.
 pub const ADD_MASK_COMMAND: &str = "::add-mask::";
@@ -76,8 +81,16 @@ impl Masker {
         } else {
             // Standard semantics so that overlapping matches can be found and
             // their union masked; a build failure falls back to plain search.
+            // A DFA without prefilter for the usual handful of patterns: the
+            // prefilter hunts for a secret's rarest bytes, which in random
+            // secrets are letters and digits, common in any log, and cost
+            // more than they skip (measured: 0.23 µs a line with it, 0.13
+            // without, together with the `is_match` fast path in `mask`).
+            let small = self.patterns.len() <= DFA_PATTERNS;
             AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
+                .kind(small.then_some(AhoCorasickKind::DFA))
+                .prefilter(!small)
                 .build(&self.patterns)
                 .ok()
         };
@@ -90,6 +103,8 @@ impl Masker {
             return Cow::Borrowed(text);
         }
         let mut ranges: Vec<(usize, usize)> = match &self.matcher {
+            // Most lines hold no secret: one pass says so.
+            Some(matcher) if !matcher.is_match(text) => return Cow::Borrowed(text),
             Some(matcher) => matcher
                 .find_overlapping_iter(text)
                 .map(|found| (found.start(), found.end()))

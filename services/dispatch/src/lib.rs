@@ -14,16 +14,17 @@ pub mod spec;
 
 mod convert;
 mod listing;
+mod polling;
 mod status;
 mod telemetry;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_auth::token::{Audience, Claims, TokenSigner, scope};
 use ferry_auth::{AdministratorIdentity, AgentIdentity};
-use ferry_envelope::{PublicKey, SealerCache, job_context};
+use ferry_envelope::{SealerCache, job_context};
 use ferry_proto::time::{duration_to_proto, now_micros, timestamp_from_micros};
 use ferry_proto::v1::{AgentJob, Job, JobSpec, PollJobResponse};
 use ferry_service::{Error, Event, Events, Result, sealed, validate};
@@ -31,6 +32,7 @@ use ferry_store::Store;
 use prost::Message;
 use tracing::Instrument as _;
 
+use crate::polling::{PollingAgent, PollingAgents};
 use crate::queue::{Found, HandOff, Offer, QueuedJob};
 
 /// Dispatch settings.
@@ -69,14 +71,6 @@ impl Default for DispatchConfig {
     }
 }
 
-/// The agent as dispatch needs it.
-struct PollingAgent {
-    id: String,
-    pool_id: String,
-    public_key: PublicKey,
-    capabilities: Arc<BTreeMap<String, String>>,
-}
-
 /// A job this replica handed to an agent.
 pub(crate) struct Claim {
     agent_id: String,
@@ -103,6 +97,8 @@ struct Inner {
     agent_status: Mutex<HashMap<String, status::SeenStatus>>,
     /// Pools by name, as read once from the store.
     pools: Mutex<HashMap<String, ferry_store::Pool>>,
+    /// Agents that poll, as last read from the store.
+    agents: PollingAgents,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -134,6 +130,7 @@ impl Dispatcher {
                 config,
                 agent_status: Mutex::new(HashMap::new()),
                 pools: Mutex::new(HashMap::new()),
+                agents: PollingAgents::default(),
             }),
         };
         let returner = dispatcher.clone();
@@ -181,7 +178,11 @@ impl Dispatcher {
     async fn on_event(&self, event: Event) -> Result<()> {
         let mine = self.inner.events.origin();
         match event {
-            Event::AgentRevoked { agent_id } => self.inner.hand_off.withdraw_agent(&agent_id),
+            Event::AgentRevoked { agent_id } => {
+                // Forget it first: its withdrawn polls look it up again.
+                self.inner.agents.forget(&agent_id);
+                self.inner.hand_off.withdraw_agent(&agent_id);
+            }
             Event::JobQueued {
                 job_id,
                 pool_id,
@@ -202,6 +203,7 @@ impl Dispatcher {
                 self.inner.hand_off.remove(&pool_id, &job_id);
             }
             Event::Resync => {
+                self.inner.agents.forget_all();
                 let loaded = self.load_queued().await?;
                 tracing::info!(jobs = loaded, "queue reloaded after a resync");
             }
@@ -451,7 +453,7 @@ impl Dispatcher {
         let wait = wait
             .unwrap_or(self.inner.config.default_wait)
             .min(self.inner.config.max_wait);
-        let agent = self.polling_agent(caller).await?;
+        let agent = self.inner.agents.get(self.store(), caller).await?;
         self.set_agent_status(&agent.id, ferry_store::AgentStatus::Online, None);
         let deadline = tokio::time::Instant::now() + wait;
         let job = loop {
@@ -477,7 +479,7 @@ impl Dispatcher {
                         // Picked but the claim went elsewhere, or the agent
                         // was revoked: check the agent and look again.
                         Ok(Err(_)) => {
-                            self.polling_agent(caller).await?;
+                            self.inner.agents.get(self.store(), caller).await?;
                             continue;
                         }
                         // A job may have been handed over just as the wait ended.
@@ -637,27 +639,5 @@ impl Dispatcher {
             .map_err(|error| Error::Internal(error.to_string()))?;
         ferry_observability::metrics::token_issued("job");
         Ok((token, expires))
-    }
-
-    async fn polling_agent(&self, caller: &AgentIdentity) -> Result<PollingAgent> {
-        let agent = self
-            .store()
-            .agent(&caller.agent_id)
-            .await?
-            .ok_or_else(|| Error::Unauthenticated("this agent was removed".to_owned()))?;
-        if agent.pool_id != caller.pool_id {
-            return Err(Error::Unauthenticated(
-                "this agent moved to another pool".to_owned(),
-            ));
-        }
-        if agent.disabled {
-            return Err(Error::Unauthenticated("this agent is disabled".to_owned()));
-        }
-        Ok(PollingAgent {
-            public_key: PublicKey::from_slice(&agent.public_key)?,
-            capabilities: Arc::new(agent.capabilities),
-            pool_id: agent.pool_id,
-            id: agent.id,
-        })
     }
 }

@@ -262,7 +262,7 @@ async fn write_groups(store: Store, events: Events, mut queue: mpsc::Receiver<Ap
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         let batches = group
-            .iter()
+            .iter_mut()
             .map(|append| ferry_store::NewLogBatch {
                 job_id: &append.job_id,
                 holder: ferry_store::Holder {
@@ -271,7 +271,7 @@ async fn write_groups(store: Store, events: Events, mut queue: mpsc::Receiver<Ap
                 },
                 first: append.first,
                 last: append.last,
-                lines: append.blob.clone(),
+                lines: std::mem::take(&mut append.blob),
             })
             .collect();
         let answers: Vec<Result<u64>> = match store.append_log_batches(batches).await {
