@@ -9,7 +9,7 @@
 //! the attempt, so an agent that lost its job cannot write to the next
 //! attempt even when it is handed the job again.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::entity::{job, job_step};
@@ -120,23 +120,29 @@ pub(crate) async fn close_steps(
     running_become: StepState,
     now: i64,
 ) -> Result<()> {
+    // One statement for both: pending → skipped, running → running_become
+    // (finished now).
+    let running = Expr::col(job_step::Column::State).eq(StepState::Running.as_str());
     job_step::Entity::update_many()
         .col_expr(
             job_step::Column::State,
-            Expr::value(StepState::Skipped.as_str()),
+            CaseStatement::new()
+                .case(running.clone(), Expr::value(running_become.as_str()))
+                .finally(Expr::value(StepState::Skipped.as_str()))
+                .into(),
         )
-        .filter(job_step::Column::JobId.eq(job_id))
-        .filter(job_step::Column::State.eq(StepState::Pending.as_str()))
-        .exec(txn)
-        .await?;
-    job_step::Entity::update_many()
         .col_expr(
-            job_step::Column::State,
-            Expr::value(running_become.as_str()),
+            job_step::Column::FinishedAt,
+            CaseStatement::new()
+                .case(running, Expr::value(Some(now)))
+                .finally(Expr::col(job_step::Column::FinishedAt))
+                .into(),
         )
-        .col_expr(job_step::Column::FinishedAt, Expr::value(Some(now)))
         .filter(job_step::Column::JobId.eq(job_id))
-        .filter(job_step::Column::State.eq(StepState::Running.as_str()))
+        .filter(
+            job_step::Column::State
+                .is_in([StepState::Pending.as_str(), StepState::Running.as_str()]),
+        )
         .exec(txn)
         .await?;
     Ok(())

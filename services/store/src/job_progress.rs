@@ -35,15 +35,33 @@ impl Store {
         let idx = i32::try_from(index).map_err(|_| Error::NotFound("job step".to_owned()))?;
         let (_writer, txn) = self.begin_write().await?;
         if state == StepState::Running {
-            job::Entity::update_many()
-                .col_expr(job::Column::State, Expr::value(JobState::Running.as_str()))
-                .col_expr(job::Column::StartedAt, Expr::value(Some(now)))
+            // The guard and the move to `Running` in one statement: an
+            // `Assigned` job starts now, a `Running` one stays as it is.
+            let assigned = Expr::col(job::Column::State).eq(JobState::Assigned.as_str());
+            let held = job::Entity::update_many()
+                .col_expr(
+                    job::Column::State,
+                    CaseStatement::new()
+                        .case(assigned.clone(), Expr::value(JobState::Running.as_str()))
+                        .finally(Expr::col(job::Column::State))
+                        .into(),
+                )
+                .col_expr(
+                    job::Column::StartedAt,
+                    CaseStatement::new()
+                        .case(assigned, Expr::value(Some(now)))
+                        .finally(Expr::col(job::Column::StartedAt))
+                        .into(),
+                )
                 .filter(held_by(job_id, holder))
-                .filter(job::Column::State.eq(JobState::Assigned.as_str()))
                 .exec(&txn)
                 .await?;
+            if held.rows_affected == 0 {
+                return Err(not_held(&txn, job_id, holder).await);
+            }
+        } else {
+            hold_job(&txn, job_id, holder).await?;
         }
-        hold_job(&txn, job_id, holder).await?;
 
         let mut update = job_step::Entity::update_many()
             .col_expr(job_step::Column::State, Expr::value(state.as_str()));
@@ -106,7 +124,7 @@ impl Store {
         } else {
             Expr::value(message)
         };
-        let (_writer, txn) = self.begin_write().await?;
+        let (writer, txn) = self.begin_write().await?;
         let finished = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(state.as_str()))
             .col_expr(job::Column::Message, new_message)
@@ -119,10 +137,12 @@ impl Store {
             return Err(not_held(&txn, job_id, holder).await);
         }
         close_steps(&txn, job_id, running_steps_become, now).await?;
-        let job = load_job(&txn, job_id)
-            .await?
-            .ok_or_else(|| Error::NotFound("job".to_owned()))?;
         txn.commit().await?;
-        Ok(job)
+        drop(writer);
+        // Read after the commit, outside the write lock: a finished job no
+        // longer changes.
+        load_job(self.db(), job_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("job".to_owned()))
     }
 }
