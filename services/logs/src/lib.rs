@@ -40,15 +40,19 @@ struct StoredLines {
 
 /// Most batches one group commit takes.
 const MAX_GROUP: usize = 256;
-/// Batches waiting for the writer, across all streams.
+/// Batches waiting for each writer, across its streams.
 const WRITER_QUEUE: usize = 1024;
+/// Group-commit writers on PostgreSQL, which takes concurrent writers; a
+/// job's batches always go to the same one, in order. SQLite has one writer
+/// at a time, so one.
+const POSTGRES_WRITERS: usize = 4;
 
 /// The log service's domain.
 #[derive(Debug, Clone)]
 pub struct Logs {
     store: Store,
     events: Events,
-    writer: mpsc::Sender<Append>,
+    writers: Arc<[mpsc::Sender<Append>]>,
 }
 
 /// A batch on its way to the group-commit writer.
@@ -125,12 +129,22 @@ impl Logs {
     /// the group-commit writer (on the current tokio runtime), which runs
     /// while any clone of the service lives.
     pub fn new(store: Store, events: Events) -> Self {
-        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
-        tokio::spawn(write_groups(store.clone(), events.clone(), queue));
+        let count = if store.is_postgres() {
+            POSTGRES_WRITERS
+        } else {
+            1
+        };
+        let writers = (0..count)
+            .map(|_| {
+                let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+                tokio::spawn(write_groups(store.clone(), events.clone(), queue));
+                writer
+            })
+            .collect();
         Self {
             store,
             events,
-            writer,
+            writers,
         }
     }
 
@@ -165,6 +179,15 @@ impl Logs {
             acked: job.log_sequence,
             cancel_requested: job.cancel_requested_at.is_some(),
         })
+    }
+
+    /// The writer of a job's batches (always the same one: they commit in
+    /// order).
+    fn writer_of(&self, job_id: &str) -> &mpsc::Sender<Append> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(job_id, &mut hasher);
+        let shard = std::hash::Hasher::finish(&hasher) as usize % self.writers.len();
+        &self.writers[shard]
     }
 
     /// Listens for events (cancellation of the ingested job).
@@ -245,7 +268,7 @@ impl Ingest {
             done,
         };
         self.logs
-            .writer
+            .writer_of(&self.job_id)
             .send(append)
             .await
             .map_err(|_| Error::Unavailable("the log writer stopped".to_owned()))?;
