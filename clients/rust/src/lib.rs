@@ -22,6 +22,11 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+/// HTTP/2 flow-control window of one stream the client receives.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+/// HTTP/2 flow-control window of the whole connection.
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
 pub use proxy::{NoProxy, Proxy, ProxyConnector, ProxySettings};
 
 /// What can go wrong reaching a server.
@@ -115,7 +120,11 @@ impl ServerAddress {
             // Keepalives let idle long polls survive NATs and load balancers.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // Downloads (sources, artifacts, followed logs) are not held to
+            // HTTP/2's default 64 KiB per round trip.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         match uri.scheme_str() {
             Some("https") => {
                 let domain = host.trim_start_matches('[').trim_end_matches(']');

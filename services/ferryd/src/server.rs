@@ -394,6 +394,9 @@ pub async fn start_role(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(1024))
+        // Uploads are not held to 64 KiB per round trip (see the constants).
+        .initial_stream_window_size(Some(ferry_gateway::STREAM_WINDOW))
+        .initial_connection_window_size(Some(ferry_gateway::CONNECTION_WINDOW))
         .layer(
             tower::ServiceBuilder::new()
                 // A span continuing the caller's trace and a duration for

@@ -33,6 +33,13 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// The largest gRPC request message the gateway forwards, by default.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// HTTP/2 flow-control window of one stream, on every hop (ferryd's public
+/// port, the gateway's both sides): HTTP/2's default 64 KiB caps an upload
+/// (logs, artifacts) at 64 KiB per round trip, 1.3 MB/s at 50 ms. Windows
+/// are credit, not buffers an idle connection holds.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// HTTP/2 flow-control window of a whole connection.
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// What the gateway serves and where it sends calls.
 #[derive(Clone, Debug)]

@@ -117,7 +117,9 @@ async fn serve_connection(
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(settings.max_concurrent_streams)
-        .max_header_list_size(MAX_HEADER_LIST_BYTES);
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW);
     let connection = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     let stopping = stopped(&mut shutdown);

@@ -110,6 +110,8 @@ impl Upstreams {
                     .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                     .keep_alive_while_idle(true)
+                    .initial_stream_window_size(crate::STREAM_WINDOW)
+                    .initial_connection_window_size(crate::CONNECTION_WINDOW)
                     .connect_lazy();
                 replicas.push(Replica {
                     url: url.clone(),
