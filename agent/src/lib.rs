@@ -32,6 +32,7 @@ pub mod step;
 pub mod stop;
 pub mod telemetry;
 pub mod upload;
+pub mod workspace;
 
 #[cfg(test)]
 mod flow_tests;

@@ -1,4 +1,4 @@
-//! Tests of the job runner's workspace and environment.
+//! Tests of the job's workspace and environment.
 
 use super::*;
 
