@@ -27,7 +27,11 @@ pub const AUTH: &[(&str, Requirement)] = &[
 ];
 
 /// Batches of one stream being stored at once.
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 32;
+/// Line text of one stream being stored at once: a stream stops reading
+/// past it (or past `MAX_IN_FLIGHT` batches) until acks free room. 32
+/// in flight measured 1.03 M lines/s with one stream against 0.93 M with 8.
+const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Sends the ack of a stored batch, or its refusal; false when the stream
 /// is over (refused, or the agent left).
@@ -89,6 +93,7 @@ impl LogService for Logs {
             // Batches handed to the writer, acked in order as they commit;
             // the stream reads on meanwhile.
             let mut in_flight = FuturesOrdered::new();
+            let mut in_flight_bytes = 0usize;
             loop {
                 if ingest.cancel_requested() && !cancel_sent {
                     cancel_sent = true;
@@ -103,17 +108,19 @@ impl LogService for Logs {
                 let message = match pending.take() {
                     Some(message) => message,
                     None => tokio::select! {
-                        Some(stored) = in_flight.next(), if !in_flight.is_empty() => {
+                        Some((stored, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+                            in_flight_bytes -= bytes;
                             if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
                                 break;
                             }
                             continue;
                         }
-                        next = inbound.next(), if in_flight.len() < MAX_IN_FLIGHT => match next {
+                        next = inbound.next(), if in_flight.len() < MAX_IN_FLIGHT
+                            && in_flight_bytes < MAX_IN_FLIGHT_BYTES => match next {
                             Some(Ok(message)) => message,
                             None => {
                                 // The agent is done sending: ack the rest.
-                                while let Some(stored) = in_flight.next().await {
+                                while let Some((stored, _)) = in_flight.next().await {
                                     if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
                                         break;
                                     }
@@ -155,8 +162,12 @@ impl LogService for Logs {
                         .await;
                     break;
                 }
+                let bytes: usize = message.lines.iter().map(|line| line.text.len()).sum();
                 match ingest.append(message.lines).await {
-                    Ok(stored) => in_flight.push_back(stored),
+                    Ok(stored) => {
+                        in_flight_bytes += bytes;
+                        in_flight.push_back(async move { (stored.await, bytes) });
+                    }
                     Err(error) => {
                         let _ = sender.send(Err(Status::from(error))).await;
                         break;
