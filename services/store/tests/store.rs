@@ -53,6 +53,9 @@ on_both_backends!(
     sources_and_artifacts,
     test_results,
     trace_context_and_gauges,
+    job_stored_assigned,
+    grouped_log_appends,
+    agent_statuses_in_batches,
 );
 
 #[test]

@@ -1,0 +1,208 @@
+//! Writes made in batches: a job stored already assigned, log batches of
+//! several jobs committed together, agent statuses recorded together.
+
+use ferry_store::{AgentSeen, AgentStatus, Error, JobState, NewLogBatch, StepState};
+
+use crate::support::{FOREVER, TestDb, first, new_agent, new_job};
+
+/// A job handed to a waiting agent is stored assigned to it, in one write:
+/// nobody can claim it, its holder can run it, and it reads back as written.
+pub async fn job_stored_assigned(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("assigned").await.expect("pool");
+    let stored = store
+        .insert_assigned_job(
+            new_job(&pool.id, "handed", &["build", "test"]),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+            "agent-a",
+            100,
+            FOREVER,
+        )
+        .await
+        .expect("insert assigned");
+    assert_eq!(stored.state, JobState::Assigned);
+    assert_eq!(stored.agent_id.as_deref(), Some("agent-a"));
+    assert_eq!(
+        (stored.assigned_at, stored.lease_expires_at),
+        (Some(100), Some(FOREVER))
+    );
+    let read = store.job(&stored.id).await.expect("read").expect("exists");
+    assert_eq!(read, stored, "the answer is what was written");
+    assert!(
+        !store
+            .claim_job(&stored.id, "agent-b", 101, FOREVER)
+            .await
+            .expect("claim"),
+        "an assigned job cannot be claimed again"
+    );
+    assert!(
+        store
+            .queued_jobs(&pool.id, 10)
+            .await
+            .expect("queued")
+            .is_empty()
+    );
+    // its holder runs it; the first step's start moves it to Running
+    store
+        .update_step(
+            &stored.id,
+            first("agent-a"),
+            0,
+            StepState::Running,
+            None,
+            110,
+        )
+        .await
+        .expect("step 0 running");
+    let running = store.job(&stored.id).await.expect("read").expect("exists");
+    assert_eq!(
+        (running.state, running.started_at),
+        (JobState::Running, Some(110))
+    );
+    // a second start report keeps the first start time
+    store
+        .update_step(
+            &stored.id,
+            first("agent-a"),
+            0,
+            StepState::Running,
+            None,
+            120,
+        )
+        .await
+        .expect("again");
+    let again = store.job(&stored.id).await.expect("read").expect("exists");
+    assert_eq!(again.started_at, Some(110));
+    assert!(matches!(
+        store
+            .update_step(
+                &stored.id,
+                first("agent-b"),
+                0,
+                StepState::Running,
+                None,
+                130
+            )
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    // completing closes the running step and skips the pending one
+    let done = store
+        .complete_job(&stored.id, first("agent-a"), JobState::Failed, "boom", 140)
+        .await
+        .expect("complete");
+    assert_eq!(done.state, JobState::Failed);
+    let steps: Vec<_> = done
+        .steps
+        .iter()
+        .map(|step| (step.state, step.finished_at))
+        .collect();
+    assert_eq!(
+        steps,
+        [(StepState::Failed, Some(140)), (StepState::Skipped, None)]
+    );
+}
+
+/// One group commit: each batch gets its own answer; a refused batch
+/// stores nothing and does not stop the others.
+pub async fn grouped_log_appends(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("grouped").await.expect("pool");
+    let mut jobs = Vec::new();
+    for (name, agent) in [("a", "agent-a"), ("b", "agent-b")] {
+        let job = store
+            .insert_job(new_job(&pool.id, name, &["s"]))
+            .await
+            .expect("job");
+        assert!(
+            store
+                .claim_job(&job.id, agent, 1, FOREVER)
+                .await
+                .expect("claim")
+        );
+        jobs.push(job.id);
+    }
+    let batch = |job: usize, agent: &'static str, first_line: u64, last: u64| NewLogBatch {
+        job_id: &jobs[job],
+        holder: first(agent),
+        first: first_line,
+        last,
+        lines: format!("{first_line}..{last}").into_bytes(),
+    };
+    let answers = store
+        .append_log_batches(vec![
+            batch(0, "agent-a", 1, 2),
+            batch(1, "agent-b", 1, 5),
+            batch(0, "agent-a", 3, 4), // follows the first, in order
+            batch(1, "agent-a", 6, 6), // not its holder
+            batch(0, "agent-a", 9, 9), // a gap
+            batch(1, "agent-b", 6, 7),
+        ])
+        .await
+        .expect("group");
+    let answers: Vec<_> = answers
+        .into_iter()
+        .map(|answer| answer.map_err(|error| matches!(error, Error::Conflict(_))))
+        .collect();
+    assert_eq!(answers, [Ok(2), Ok(5), Ok(4), Err(true), Err(true), Ok(7)]);
+    assert_eq!(store.log_sequence(&jobs[0]).await.expect("a"), 4);
+    assert_eq!(store.log_sequence(&jobs[1]).await.expect("b"), 7);
+    let stored: Vec<_> = store
+        .log_batches(&jobs[1], 1, 10)
+        .await
+        .expect("batches")
+        .into_iter()
+        .map(|batch| (batch.first, batch.last))
+        .collect();
+    assert_eq!(stored, [(1, 5), (6, 7)], "the refused batch left no trace");
+}
+
+/// Statuses recorded together; a sighting older than the stored one (from
+/// another replica) does not overwrite it.
+pub async fn agent_statuses_in_batches(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("statuses").await.expect("pool");
+    let one = store
+        .create_agent(new_agent(&pool.id, "one"), false)
+        .await
+        .expect("one");
+    let two = store
+        .create_agent(new_agent(&pool.id, "two"), false)
+        .await
+        .expect("two");
+    let seen = |id: &str, status, job: Option<&str>, at| AgentSeen {
+        id: id.to_owned(),
+        status,
+        current_job_id: job.map(str::to_owned),
+        at,
+    };
+    let later = one.last_seen_at.max(two.last_seen_at) + 1_000_000;
+    store
+        .record_agent_statuses(&[
+            seen(&one.id, AgentStatus::Busy, Some("job-1"), later),
+            seen(&two.id, AgentStatus::Online, None, later),
+            seen("gone", AgentStatus::Online, None, later),
+        ])
+        .await
+        .expect("record");
+    let read = |id: String| async move { store.agent(&id).await.expect("read").expect("agent") };
+    let first_read = read(one.id.clone()).await;
+    assert_eq!(
+        (
+            first_read.status,
+            first_read.current_job_id.as_deref(),
+            first_read.last_seen_at
+        ),
+        (AgentStatus::Busy, Some("job-1"), later)
+    );
+    assert_eq!(read(two.id.clone()).await.status, AgentStatus::Online);
+    store
+        .record_agent_statuses(&[seen(&one.id, AgentStatus::Online, None, later - 10)])
+        .await
+        .expect("stale");
+    assert_eq!(
+        read(one.id.clone()).await.status,
+        AgentStatus::Busy,
+        "an older sighting does not win"
+    );
+}
