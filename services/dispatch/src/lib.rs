@@ -35,6 +35,7 @@ use ferry_proto::v1::{Job, JobSpec, PollJobResponse};
 use ferry_service::{Error, Event, Events, Result, validate};
 use ferry_store::Store;
 use prost::Message;
+use tracing::Instrument as _;
 
 use crate::polling::PollingAgents;
 use crate::queue::{Found, HandOff, Offer, QueuedJob};
@@ -185,6 +186,7 @@ impl Dispatcher {
             Event::AgentRevoked { agent_id } => {
                 // Forget it first: its withdrawn polls look it up again.
                 self.inner.agents.forget(&agent_id);
+                self.forget_status(&agent_id);
                 self.inner.hand_off.withdraw_agent(&agent_id);
             }
             Event::JobQueued {
@@ -330,9 +332,20 @@ impl Dispatcher {
             source_id: source_id.clone(),
             max_attempts: self.inner.config.max_attempts,
         };
-        let job = self
-            .store_and_hand_off(new_job, spec, trace_context)
-            .await?;
+        // On its own task: a caller that goes away (a client disconnect, a
+        // deadline) drops this future, and a job stored but not yet handed
+        // over or offered would wait for its lease or a restart.
+        let dispatcher = self.clone();
+        let job = tokio::spawn(
+            async move {
+                dispatcher
+                    .store_and_hand_off(new_job, spec, trace_context)
+                    .await
+            }
+            .instrument(tracing::Span::current()),
+        )
+        .await
+        .map_err(|error| Error::Internal(format!("queueing the job failed: {error}")))??;
         tracing::info!(job_id = %job.id, pool = %pool.name, name = %job.name, by = %caller.name, "job queued");
         telemetry::queued(&pool.name);
         // The answer to QueueJob keeps to the stored message: explaining why
@@ -383,7 +396,13 @@ impl Dispatcher {
                     return Ok(job);
                 };
                 // The poll ended while the job was stored: queue it.
-                self.store().release_job(&job.id, &agent_id).await?;
+                if let Err(error) = self.store().release_job(&job.id, &agent_id).await {
+                    // The job exists: answer with it rather than an error a
+                    // client would retry into a duplicate. Its lease lapses
+                    // and the reaper queues it again.
+                    tracing::warn!(job_id = %job.id, %error, "could not release a job whose poll ended");
+                    return Ok(job);
+                }
                 job.state = ferry_store::JobState::Queued;
                 job.agent_id = None;
                 job.assigned_at = None;

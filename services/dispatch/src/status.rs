@@ -20,11 +20,24 @@ pub(crate) struct SeenStatus {
     job_id: Option<String>,
     /// When it was seen (µs).
     seen_at: i64,
-    /// When it was last written to the store.
-    written: Option<Instant>,
+    /// When it was last written to the store, and the sighting written.
+    written: Option<(Instant, i64)>,
 }
 
+/// An agent not seen for this long is forgotten here (its last status is
+/// in the store); a polling agent is seen at least every poll (≤ 2 min).
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+
 impl Dispatcher {
+    /// Forgets an agent that was removed or disabled.
+    pub(crate) fn forget_status(&self, agent_id: &str) {
+        self.inner
+            .agent_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(agent_id);
+    }
+
     /// Notes an agent's status; the status writer records it within
     /// `STATUS_WRITE_EVERY` when it changed, or when the stored one is a
     /// minute old. Polls and dispatches never wait on this write.
@@ -80,12 +93,23 @@ impl Dispatcher {
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                     let now = Instant::now();
+                    let forget_before = now_micros() - FORGET_AFTER.as_micros() as i64;
+                    // Forget agents gone quiet whose last sighting is stored.
+                    seen.retain(|_, entry| {
+                        entry.seen_at >= forget_before
+                            || entry.written.is_none_or(|(_, at)| at < entry.seen_at)
+                    });
+                    // Write what changed, and refresh `last_seen_at` of
+                    // agents seen since their stored sighting once a minute.
                     seen.iter_mut()
-                        .filter(|(_, entry)| {
-                            entry.written.is_none_or(|at| now - at > STATUS_REFRESH)
+                        .filter(|(_, entry)| match entry.written {
+                            None => true,
+                            Some((written, sighting)) => {
+                                sighting < entry.seen_at && now - written > STATUS_REFRESH
+                            }
                         })
                         .map(|(id, entry)| {
-                            entry.written = Some(now);
+                            entry.written = Some((now, entry.seen_at));
                             ferry_store::AgentSeen {
                                 id: id.clone(),
                                 status: entry.status,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,14 +48,22 @@ const PAT_CACHE_CAPACITY: usize = 10_000;
 /// then costs no PAT lookup. Unknown PATs are never cached.
 struct StoreAdministrators {
     store: Store,
-    cache: Arc<Mutex<HashMap<String, (AdministratorIdentity, Instant)>>>,
+    cache: Arc<PatCache>,
+}
+
+/// Administrators by PAT hash, and how many times they changed: a lookup
+/// that started before a change does not cache what it read.
+#[derive(Default)]
+struct PatCache {
+    found: Mutex<HashMap<String, (AdministratorIdentity, Instant)>>,
+    changes: AtomicU64,
 }
 
 impl StoreAdministrators {
     /// A lookup whose cache is cleared whenever `events` says the
     /// administrators changed (or events were lost).
     fn new(store: Store, events: &Events) -> Self {
-        let cache: Arc<Mutex<HashMap<String, (AdministratorIdentity, Instant)>>> = Arc::default();
+        let cache: Arc<PatCache> = Arc::default();
         let mut changes = events.subscribe();
         let weak = Arc::downgrade(&cache);
         tokio::spawn(async move {
@@ -67,7 +76,9 @@ impl StoreAdministrators {
                 };
                 let Some(cache) = weak.upgrade() else { return };
                 if stale {
-                    lock(&cache).clear();
+                    let mut found = lock(&cache.found);
+                    cache.changes.fetch_add(1, Ordering::AcqRel);
+                    found.clear();
                 }
             }
         });
@@ -89,11 +100,12 @@ impl AdministratorLookup for StoreAdministrators {
         let store = self.store.clone();
         let cache = self.cache.clone();
         Box::pin(async move {
-            if let Some((identity, at)) = lock(&cache).get(&token_hash)
+            if let Some((identity, at)) = lock(&cache.found).get(&token_hash)
                 && at.elapsed() < PAT_CACHE_TTL
             {
                 return Ok(Some(identity.clone()));
             }
+            let seen_changes = cache.changes.load(Ordering::Acquire);
             let found = store
                 .administrator_by_token_hash(&token_hash)
                 .await
@@ -104,8 +116,10 @@ impl AdministratorLookup for StoreAdministrators {
                     owner: administrator.owner,
                     pool_ids: administrator.pool_ids,
                 });
-            let mut cached = lock(&cache);
+            let mut cached = lock(&cache.found);
             match &found {
+                // the administrators changed meanwhile: this may be stale
+                Some(_) if cache.changes.load(Ordering::Acquire) != seen_changes => {}
                 Some(identity) => {
                     if cached.len() >= PAT_CACHE_CAPACITY {
                         cached.clear();

@@ -57,6 +57,23 @@ async fn acknowledge(
     }
 }
 
+/// Acks what is still being stored, in order, before the stream ends with
+/// an error: the agent then resends only what really was not stored.
+async fn drain<S>(
+    in_flight: &mut S,
+    sender: &mpsc::Sender<Result<StreamLogsResponse, Status>>,
+    ingest: &mut Ingest,
+    cancel_requested: bool,
+) where
+    S: futures::Stream<Item = (ferry_service::Result<u64>, usize)> + Unpin,
+{
+    while let Some((stored, _)) = in_flight.next().await {
+        if !acknowledge(sender, ingest, stored, cancel_requested).await {
+            return;
+        }
+    }
+}
+
 /// Largest message: a batch of lines.
 pub const MAX_REQUEST_SIZE: usize = 8 * 1024 * 1024;
 
@@ -128,6 +145,7 @@ impl LogService for Logs {
                                 break;
                             }
                             Some(Err(status)) => {
+                                drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
                                 let _ = sender.send(Err(from_stream(status))).await;
                                 break;
                             }
@@ -155,6 +173,7 @@ impl LogService for Logs {
                     },
                 };
                 if !message.job_id.is_empty() && message.job_id != job_id {
+                    drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
                     let _ = sender
                         .send(Err(Status::invalid_argument(
                             "one stream carries one job's lines",
@@ -169,6 +188,7 @@ impl LogService for Logs {
                         in_flight.push_back(async move { (stored.await, bytes) });
                     }
                     Err(error) => {
+                        drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
                         let _ = sender.send(Err(Status::from(error))).await;
                         break;
                     }

@@ -124,9 +124,9 @@ impl Registry {
                 Error::InvalidArgument("public_key is not a usable X25519 key".to_owned())
             })?;
         let pool = self.pool_administered(caller, &request.pool).await?;
-        let agent = self
+        let (agent, replaced) = self
             .store
-            .create_agent(
+            .register_agent(
                 ferry_store::NewAgent {
                     pool_id: pool.id.clone(),
                     name: request.name,
@@ -136,6 +136,10 @@ impl Registry {
                 request.replace,
             )
             .await?;
+        // The replaced agent's polls and tokens end now, everywhere.
+        for old in &replaced {
+            self.revoke(old);
+        }
         tracing::info!(agent_id = %agent.id, agent = %agent.name, pool = %pool.name, administrator = %caller.name, "agent registered");
         Ok(RegisterResponse {
             agent_id: agent.id,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::entity::agent;
 use crate::error::{Error, Result, insert_error};
@@ -35,6 +35,16 @@ impl Store {
     /// is deleted first (in the same transaction). `NotFound` when the pool
     /// does not exist.
     pub async fn create_agent(&self, new: NewAgent, replace: bool) -> Result<Agent> {
+        Ok(self.register_agent(new, replace).await?.0)
+    }
+
+    /// [`Store::create_agent`], also returning the ids of the agents it
+    /// replaced (their credentials must be revoked).
+    pub async fn register_agent(
+        &self,
+        new: NewAgent,
+        replace: bool,
+    ) -> Result<(Agent, Vec<String>)> {
         let now = now_micros();
         let created = Agent {
             id: new_id(),
@@ -50,13 +60,21 @@ impl Store {
         };
         let capabilities = to_json(&created.capabilities, "capabilities")?;
         let (_writer, txn) = self.begin_write().await?;
+        let mut replaced = Vec::new();
         if replace {
-            let replaced = agent::Entity::delete_many()
+            replaced = agent::Entity::find()
+                .select_only()
+                .column(agent::Column::Id)
                 .filter(agent::Column::PoolId.eq(created.pool_id.clone()))
                 .filter(agent::Column::Name.eq(created.name.clone()))
-                .exec(&txn)
+                .into_tuple()
+                .all(&txn)
                 .await?;
-            if replaced.rows_affected > 0 {
+            if !replaced.is_empty() {
+                agent::Entity::delete_many()
+                    .filter(agent::Column::Id.is_in(replaced.clone()))
+                    .exec(&txn)
+                    .await?;
                 tracing::info!(pool_id = %created.pool_id, name = %created.name, "replacing agent");
             }
         }
@@ -76,7 +94,7 @@ impl Store {
         .await
         .map_err(|e| insert_error(e, "agent", "pool"))?;
         txn.commit().await?;
-        Ok(created)
+        Ok((created, replaced))
     }
 
     /// The agent with this id, if any.

@@ -205,4 +205,17 @@ pub async fn agent_statuses_in_batches(db: &TestDb) {
         AgentStatus::Busy,
         "an older sighting does not win"
     );
+    // Replacing an agent names the one replaced, whose credentials go.
+    let (again, replaced) = store
+        .register_agent(new_agent(&pool.id, "one"), true)
+        .await
+        .expect("replace");
+    assert_eq!(replaced, std::slice::from_ref(&one.id));
+    assert_ne!(again.id, one.id);
+    assert!(store.agent(&one.id).await.expect("read").is_none());
+    let (_, none) = store
+        .register_agent(new_agent(&pool.id, "three"), true)
+        .await
+        .expect("new name");
+    assert!(none.is_empty());
 }
