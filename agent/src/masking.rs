@@ -84,8 +84,9 @@ impl Masker {
             // A DFA without prefilter for the usual handful of patterns: the
             // prefilter hunts for a secret's rarest bytes, which in random
             // secrets are letters and digits, common in any log, and cost
-            // more than they skip (measured: 0.23 µs a line with it, 0.13
-            // without, together with the `is_match` fast path in `mask`).
+            // more than they skip (`cargo bench -p ferry-agent --bench
+            // masking`: 0.228 µs a line before, 0.140 with this and the
+            // `is_match` fast path in `mask`).
             let small = self.patterns.len() <= DFA_PATTERNS;
             AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)

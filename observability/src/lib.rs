@@ -72,7 +72,6 @@ impl std::str::FromStr for LogFormat {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct State {
-    pub(crate) traces: bool,
     pub(crate) metrics: bool,
 }
 
@@ -80,11 +79,6 @@ static STATE: OnceLock<State> = OnceLock::new();
 
 pub(crate) fn state() -> State {
     STATE.get().copied().unwrap_or_default()
-}
-
-/// Whether spans are exported (and worth making).
-pub fn tracing_enabled() -> bool {
-    state().traces
 }
 
 /// Flushes telemetry when dropped; keep it alive for the program's life.
@@ -163,11 +157,11 @@ pub fn init(service_name: &str, format: LogFormat, default_filter: &str) -> Guar
             .with_threads(false)
             .with_filter(filter)
     });
-    let installed = tracing_subscriber::registry()
+    // A second init (tests in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
         .with(logs)
         .with(traces)
-        .try_init()
-        .is_ok();
+        .try_init();
     if let Some(provider) = &exporters.tracer {
         opentelemetry::global::set_tracer_provider(provider.clone());
     }
@@ -175,7 +169,6 @@ pub fn init(service_name: &str, format: LogFormat, default_filter: &str) -> Guar
         opentelemetry::global::set_meter_provider(provider.clone());
     }
     let _ = STATE.set(State {
-        traces: installed && exporters.tracer.is_some(),
         metrics: exporters.meter.is_some(),
     });
     Guard {

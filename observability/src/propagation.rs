@@ -15,8 +15,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The W3C header that carries the trace id and the parent span id.
 pub const TRACEPARENT: &str = "traceparent";
-/// The W3C header with vendors' trace state.
-pub const TRACESTATE: &str = "tracestate";
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
 

@@ -4,9 +4,7 @@
 //! `pipeline`). Any language with a JWT library can read them; every ferry
 //! service verifies them locally with the server's public signing key.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -221,23 +219,12 @@ impl TokenSigner {
     }
 }
 
-/// Tokens whose signature was checked, remembered by their SHA-256; the
-/// memory starts over when full.
-const VERIFIED_CAPACITY: usize = 16_384;
-
 /// Verifies tokens locally with the server's public signing key.
-///
-/// A token's signature is checked once: the claims of tokens that verified
-/// are kept (keyed by the SHA-256 of the whole token, signature included, so
-/// only the identical token matches), and later uses check only audience and
-/// times — an agent presents the same job token on every call of its job,
-/// and an Ed25519 verification costs ~50 µs. Clones share the memory.
 #[derive(Clone)]
 pub struct TokenVerifier {
     public_key: UnparsedPublicKey<Vec<u8>>,
     key_id: String,
     issuer: String,
-    verified: Arc<Mutex<HashMap<[u8; 32], Claims>>>,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -257,7 +244,6 @@ impl TokenVerifier {
             key_id: key_id(public_key),
             public_key: UnparsedPublicKey::new(&ED25519, public_key.to_vec()),
             issuer: issuer.into(),
-            verified: Arc::default(),
         }
     }
 
@@ -267,41 +253,6 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let known = self.remembered().get(&digest).cloned();
-        let claims = match known {
-            Some(claims) => claims,
-            None => {
-                let claims = self.verify_signed(token)?;
-                let mut verified = self.remembered();
-                if verified.len() >= VERIFIED_CAPACITY {
-                    verified.clear();
-                }
-                verified.insert(digest, claims.clone());
-                claims
-            }
-        };
-        if claims.aud != audience.as_str() {
-            return Err(TokenError::WrongAudience(claims.aud));
-        }
-        if claims.exp + LEEWAY_SECONDS < now {
-            return Err(TokenError::Expired);
-        }
-        if claims.iat - LEEWAY_SECONDS > now {
-            return Err(TokenError::NotYetValid);
-        }
-        Ok(claims)
-    }
-
-    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Claims>> {
-        self.verified
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The claims of a token whose form, signature and issuer hold; the
-    /// audience and times are checked by the caller.
-    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -325,6 +276,15 @@ impl TokenVerifier {
         let claims: Claims = decode_json(payload)?;
         if claims.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
+        }
+        if claims.aud != audience.as_str() {
+            return Err(TokenError::WrongAudience(claims.aud));
+        }
+        if claims.exp + LEEWAY_SECONDS < now {
+            return Err(TokenError::Expired);
+        }
+        if claims.iat - LEEWAY_SECONDS > now {
+            return Err(TokenError::NotYetValid);
         }
         Ok(claims)
     }
@@ -420,33 +380,6 @@ mod tests {
                 "{garbage}"
             );
         }
-    }
-
-    #[test]
-    fn a_remembered_token_still_has_its_audience_and_times_checked() {
-        let signer = signer();
-        let verifier = signer.verifier();
-        let now = 1_800_000_000;
-        let token = signer.sign(&claims(Audience::Job, now)).expect("sign");
-        assert!(verifier.verify(&token, Audience::Job, now).is_ok());
-        // The second use skips the signature, never the other checks.
-        assert!(verifier.verify(&token, Audience::Job, now + 1).is_ok());
-        assert_eq!(
-            verifier.verify(&token, Audience::Listener, now),
-            Err(TokenError::WrongAudience("ferry:job".to_owned()))
-        );
-        assert_eq!(
-            verifier.verify(&token, Audience::Job, now + 300 + LEEWAY_SECONDS + 1),
-            Err(TokenError::Expired)
-        );
-        // A clone shares what was verified; a token differing in its
-        // signature alone is checked afresh and refused.
-        let clone = verifier.clone();
-        assert!(clone.verify(&token, Audience::Job, now).is_ok());
-        let mut forged = token.clone();
-        let last = forged.pop().expect("a signature");
-        forged.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(clone.verify(&forged, Audience::Job, now).is_err());
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //!   RESOURCE_EXHAUSTED, as gRPC specifies.
 
 pub mod events;
+pub mod memo;
 pub mod sealed;
 pub mod status_layer;
 pub mod validate;
+pub mod wire;
 
 mod error;
 

@@ -1,33 +1,10 @@
 //! Store values to their wire form.
 
 use ferry_proto::time::timestamp_from_micros;
-use ferry_proto::v1::{Job, JobState, StepState, StepStatus, TestSummary};
+use ferry_proto::v1::{Job, StepState, StepStatus};
 use ferry_service::Result;
+pub use ferry_service::wire::{job_state, store_job_state};
 use ferry_store::Store;
-
-/// The wire form of a job state.
-pub fn job_state(state: ferry_store::JobState) -> JobState {
-    match state {
-        ferry_store::JobState::Queued => JobState::Queued,
-        ferry_store::JobState::Assigned => JobState::Assigned,
-        ferry_store::JobState::Running => JobState::Running,
-        ferry_store::JobState::Succeeded => JobState::Succeeded,
-        ferry_store::JobState::Failed => JobState::Failed,
-        ferry_store::JobState::Canceled => JobState::Canceled,
-    }
-}
-
-/// The store form of a (specified) wire job state.
-pub fn store_job_state(state: JobState) -> ferry_store::JobState {
-    match state {
-        JobState::Queued | JobState::Unspecified => ferry_store::JobState::Queued,
-        JobState::Assigned => ferry_store::JobState::Assigned,
-        JobState::Running => ferry_store::JobState::Running,
-        JobState::Succeeded => ferry_store::JobState::Succeeded,
-        JobState::Failed => ferry_store::JobState::Failed,
-        JobState::Canceled => ferry_store::JobState::Canceled,
-    }
-}
 
 fn step_state(state: ferry_store::StepState) -> StepState {
     match state {
@@ -101,14 +78,7 @@ pub async fn job(
         log_line_count: job.log_sequence,
         cancel_time: job.cancel_requested_at.map(timestamp_from_micros),
         lease_expire_time: job.lease_expires_at.map(timestamp_from_micros),
-        test_summary: job.test_summary.map(|summary| TestSummary {
-            total: summary.total,
-            passed: summary.passed,
-            failed: summary.failed,
-            skipped: summary.skipped,
-            failed_tests: summary.failed_tests,
-            files: summary.files,
-        }),
+        test_summary: job.test_summary.map(ferry_service::wire::test_summary),
         source_id: job.source_id.unwrap_or_default(),
         max_attempts: job.max_attempts,
         trace_id: job

@@ -82,7 +82,7 @@ impl JobService for Dispatcher {
             .into_inner()
             .spec
             .ok_or_else(|| Error::InvalidArgument("spec is missing".to_owned()))?;
-        let job = Dispatcher::queue_traced_job(self, &caller, spec, trace_context).await?;
+        let job = Dispatcher::queue_job(self, &caller, spec, trace_context).await?;
         Ok(Response::new(QueueJobResponse { job: Some(job) }))
     }
 

@@ -277,16 +277,10 @@ impl Dispatcher {
         &self.inner.store
     }
 
-    /// Queues a job in a pool the caller administers and offers it at once;
-    /// the current span's trace context is kept with it.
-    pub async fn queue_job(&self, caller: &AdministratorIdentity, spec: JobSpec) -> Result<Job> {
-        let trace_context = ferry_observability::propagation::current_traceparent();
-        self.queue_traced_job(caller, spec, trace_context).await
-    }
-
-    /// [`Dispatcher::queue_job`] with the job's trace context (a W3C
-    /// `traceparent`): every later span of the job joins that trace.
-    pub async fn queue_traced_job(
+    /// Queues a job in a pool the caller administers and offers it at once,
+    /// with the job's trace context (a W3C `traceparent`): every later span
+    /// of the job joins that trace.
+    pub async fn queue_job(
         &self,
         caller: &AdministratorIdentity,
         mut spec: JobSpec,

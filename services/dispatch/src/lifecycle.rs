@@ -117,8 +117,7 @@ impl Dispatcher {
             }
         };
         validate::max_len("message", &request.message, 4096)?;
-        let job = self
-            .store()
+        self.store()
             .complete_job(
                 &request.job_id,
                 holder(caller),
@@ -128,14 +127,14 @@ impl Dispatcher {
             )
             .await
             .map_err(lost_lease)?;
-        tracing::info!(job_id = %job.id, agent_id = %caller.agent_id, state = %job.state, "job completed");
-        ferry_observability::metrics::job_finished(telemetry::result_name(job.state));
+        tracing::info!(job_id = %request.job_id, agent_id = %caller.agent_id, %state, "job completed");
+        ferry_observability::metrics::job_finished(telemetry::result_name(state));
         self.inner.events.publish(Event::JobFinished {
-            job_id: job.id.as_str().into(),
+            job_id: request.job_id.as_str().into(),
         });
         self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None);
         Ok(CompleteJobResponse {
-            state: convert::job_state(job.state).into(),
+            state: convert::job_state(state).into(),
         })
     }
 

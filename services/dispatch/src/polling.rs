@@ -8,19 +8,21 @@
 //! `CONCURRENT_READS` at a time, so thousands of first polls wait as small
 //! futures instead of each holding a store query's buffers.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_auth::AgentIdentity;
 use ferry_envelope::PublicKey;
+use ferry_service::memo::Memo;
 use ferry_service::{Error, Result};
 use ferry_store::Store;
 use tokio::sync::Semaphore;
 
 /// How long a checked agent is trusted without reading it again.
 const CACHE_FOR: Duration = Duration::from_secs(30);
+/// Agents kept; the cache starts over when full.
+const CACHE_CAPACITY: usize = 100_000;
 /// Store reads of polling agents at once (the SQLite pool holds 8).
 const CONCURRENT_READS: usize = 8;
 
@@ -34,30 +36,20 @@ pub(crate) struct PollingAgent {
 
 /// The cache of checked agents.
 pub(crate) struct PollingAgents {
-    cached: Mutex<HashMap<String, (Arc<PollingAgent>, Instant)>>,
-    /// Bumped by every revocation: a read that started before one is not
-    /// cached (it may predate the change).
-    revocations: AtomicU64,
+    cached: Memo<Arc<PollingAgent>>,
     reads: Semaphore,
 }
 
 impl Default for PollingAgents {
     fn default() -> Self {
         Self {
-            cached: Mutex::default(),
-            revocations: AtomicU64::new(0),
+            cached: Memo::new(CACHE_FOR, CACHE_CAPACITY),
             reads: Semaphore::new(CONCURRENT_READS),
         }
     }
 }
 
 impl PollingAgents {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Arc<PollingAgent>, Instant)>> {
-        self.cached
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// The caller's agent, if it may poll: `Unauthenticated` when it was
     /// removed, disabled or moved to another pool.
     pub(crate) async fn get(
@@ -65,18 +57,17 @@ impl PollingAgents {
         store: &Store,
         caller: &AgentIdentity,
     ) -> Result<Arc<PollingAgent>> {
-        if let Some((agent, at)) = self.lock().get(&caller.agent_id)
-            && at.elapsed() < CACHE_FOR
+        if let Some(agent) = self.cached.get(&caller.agent_id)
             && agent.pool_id == caller.pool_id
         {
-            return Ok(agent.clone());
+            return Ok(agent);
         }
         let _permit = self
             .reads
             .acquire()
             .await
             .map_err(|_| Error::Internal("agent reads are closed".to_owned()))?;
-        let revocations = self.revocations.load(Ordering::Acquire);
+        let ticket = self.cached.ticket();
         let agent = store
             .agent(&caller.agent_id)
             .await?
@@ -95,24 +86,18 @@ impl PollingAgents {
             pool_id: agent.pool_id,
             id: agent.id,
         });
-        let mut cached = self.lock();
-        if self.revocations.load(Ordering::Acquire) == revocations {
-            cached.insert(caller.agent_id.clone(), (agent.clone(), Instant::now()));
-        }
+        self.cached
+            .insert(ticket, caller.agent_id.clone(), agent.clone());
         Ok(agent)
     }
 
     /// Drops an agent that was removed or disabled.
     pub(crate) fn forget(&self, agent_id: &str) {
-        let mut cached = self.lock();
-        self.revocations.fetch_add(1, Ordering::AcqRel);
-        cached.remove(agent_id);
+        self.cached.forget(agent_id);
     }
 
     /// Drops every agent (events may have been lost).
     pub(crate) fn forget_all(&self) {
-        let mut cached = self.lock();
-        self.revocations.fetch_add(1, Ordering::AcqRel);
-        cached.clear();
+        self.cached.forget_all();
     }
 }

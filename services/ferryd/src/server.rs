@@ -2,12 +2,10 @@
 //! (the embedded default), or one of them behind the gateway on a mesh port
 //! that speaks mutual TLS and admits only the allowed peers.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use ferry_auth::{AdministratorIdentity, AdministratorLookup, AuthLayer, Authenticator, Policy};
@@ -17,6 +15,7 @@ use ferry_logs::Logs;
 use ferry_registry::Registry;
 use ferry_resources::Resources;
 use ferry_resources::blob::FsBlobStore;
+use ferry_service::memo::Memo;
 use ferry_service::{Event, Events, StatusLayer};
 use ferry_store::Store;
 use ferry_tokens::Tokens;
@@ -48,22 +47,14 @@ const PAT_CACHE_CAPACITY: usize = 10_000;
 /// then costs no PAT lookup. Unknown PATs are never cached.
 struct StoreAdministrators {
     store: Store,
-    cache: Arc<PatCache>,
-}
-
-/// Administrators by PAT hash, and how many times they changed: a lookup
-/// that started before a change does not cache what it read.
-#[derive(Default)]
-struct PatCache {
-    found: Mutex<HashMap<String, (AdministratorIdentity, Instant)>>,
-    changes: AtomicU64,
+    cache: Arc<Memo<AdministratorIdentity>>,
 }
 
 impl StoreAdministrators {
     /// A lookup whose cache is cleared whenever `events` says the
     /// administrators changed (or events were lost).
     fn new(store: Store, events: &Events) -> Self {
-        let cache: Arc<PatCache> = Arc::default();
+        let cache = Arc::new(Memo::new(PAT_CACHE_TTL, PAT_CACHE_CAPACITY));
         let mut changes = events.subscribe();
         let weak = Arc::downgrade(&cache);
         tokio::spawn(async move {
@@ -76,20 +67,12 @@ impl StoreAdministrators {
                 };
                 let Some(cache) = weak.upgrade() else { return };
                 if stale {
-                    let mut found = lock(&cache.found);
-                    cache.changes.fetch_add(1, Ordering::AcqRel);
-                    found.clear();
+                    cache.forget_all();
                 }
             }
         });
         Self { store, cache }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl AdministratorLookup for StoreAdministrators {
@@ -100,12 +83,10 @@ impl AdministratorLookup for StoreAdministrators {
         let store = self.store.clone();
         let cache = self.cache.clone();
         Box::pin(async move {
-            if let Some((identity, at)) = lock(&cache.found).get(&token_hash)
-                && at.elapsed() < PAT_CACHE_TTL
-            {
-                return Ok(Some(identity.clone()));
+            if let Some(identity) = cache.get(&token_hash) {
+                return Ok(Some(identity));
             }
-            let seen_changes = cache.changes.load(Ordering::Acquire);
+            let ticket = cache.ticket();
             let found = store
                 .administrator_by_token_hash(&token_hash)
                 .await
@@ -116,19 +97,8 @@ impl AdministratorLookup for StoreAdministrators {
                     owner: administrator.owner,
                     pool_ids: administrator.pool_ids,
                 });
-            let mut cached = lock(&cache.found);
-            match &found {
-                // the administrators changed meanwhile: this may be stale
-                Some(_) if cache.changes.load(Ordering::Acquire) != seen_changes => {}
-                Some(identity) => {
-                    if cached.len() >= PAT_CACHE_CAPACITY {
-                        cached.clear();
-                    }
-                    cached.insert(token_hash, (identity.clone(), Instant::now()));
-                }
-                None => {
-                    cached.remove(&token_hash);
-                }
+            if let Some(identity) = &found {
+                cache.insert(ticket, token_hash, identity.clone());
             }
             Ok(found)
         })

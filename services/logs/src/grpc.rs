@@ -106,13 +106,14 @@ impl LogService for Logs {
         tokio::spawn(async move {
             let job_id = ingest.job_id().to_owned();
             let mut pending = Some(first);
+            let mut cancel_requested = ingest.cancel_requested();
             let mut cancel_sent = false;
             // Batches handed to the writer, acked in order as they commit;
             // the stream reads on meanwhile.
             let mut in_flight = FuturesOrdered::new();
             let mut in_flight_bytes = 0usize;
             loop {
-                if ingest.cancel_requested() && !cancel_sent {
+                if cancel_requested && !cancel_sent {
                     cancel_sent = true;
                     let cancel = StreamLogsResponse {
                         acked_sequence: ingest.acked(),
@@ -137,11 +138,7 @@ impl LogService for Logs {
                             Some(Ok(message)) => message,
                             None => {
                                 // The agent is done sending: ack the rest.
-                                while let Some((stored, _)) = in_flight.next().await {
-                                    if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
-                                        break;
-                                    }
-                                }
+                                drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
                                 break;
                             }
                             Some(Err(status)) => {
@@ -153,20 +150,12 @@ impl LogService for Logs {
                         event = events.recv() => {
                             // Tell the agent of a cancel at once, on the
                             // stream it already holds.
-                            let canceled = match event {
-                                Ok(Event::CancelRequested { job_id: canceled }) => *canceled == *job_id,
-                                Ok(_) | Err(RecvError::Lagged(_)) => false,
-                                Err(RecvError::Closed) => break,
-                            };
-                            if canceled && !cancel_sent {
-                                cancel_sent = true;
-                                let cancel = StreamLogsResponse {
-                                    acked_sequence: ingest.acked(),
-                                    cancel_requested: true,
-                                };
-                                if sender.send(Ok(cancel)).await.is_err() {
-                                    break;
+                            match event {
+                                Ok(Event::CancelRequested { job_id: canceled }) if *canceled == *job_id => {
+                                    cancel_requested = true;
                                 }
+                                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                                Err(RecvError::Closed) => break,
                             }
                             continue;
                         }
@@ -181,9 +170,9 @@ impl LogService for Logs {
                         .await;
                     break;
                 }
-                let bytes: usize = message.lines.iter().map(|line| line.text.len()).sum();
                 match ingest.append(message.lines).await {
                     Ok(stored) => {
+                        let bytes = stored.bytes();
                         in_flight_bytes += bytes;
                         in_flight.push_back(async move { (stored.await, bytes) });
                     }

@@ -10,6 +10,7 @@
 
 pub mod grpc;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,7 +97,18 @@ pub struct Ingest {
 /// A batch handed to the writer: resolves to the job's cumulative ack once
 /// the batch is stored (or to why it was refused).
 #[derive(Debug)]
-pub struct Stored(StoredInner);
+pub struct Stored {
+    answer: StoredInner,
+    bytes: usize,
+}
+
+impl Stored {
+    /// Bytes of line text this batch hands to the store (0 when nothing
+    /// was new): what a stream counts against its in-flight limit.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
 
 #[derive(Debug)]
 enum StoredInner {
@@ -111,7 +123,7 @@ impl std::future::Future for Stored {
         mut self: std::pin::Pin<&mut Self>,
         context: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<u64>> {
-        match &mut self.0 {
+        match &mut self.answer {
             StoredInner::Ready(acked) => std::task::Poll::Ready(Ok(*acked)),
             StoredInner::Pending(receiver) => {
                 std::pin::Pin::new(receiver).poll(context).map(|answer| {
@@ -246,7 +258,10 @@ impl Ingest {
         lines.retain(|line| line.sequence > self.sent);
         let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
             // empty, or only lines already handed over
-            return Ok(Stored(StoredInner::Ready(self.sent)));
+            return Ok(Stored {
+                answer: StoredInner::Ready(self.sent),
+                bytes: 0,
+            });
         };
         let (first, last) = (first.sequence, last.sequence);
         if first != self.sent + 1 {
@@ -255,6 +270,7 @@ impl Ingest {
                 self.sent + 1
             )));
         }
+        let bytes: usize = lines.iter().map(|line| line.text.len()).sum();
         let (done, answer) = oneshot::channel();
         let append = Append {
             job_id: self.job_id.clone(),
@@ -263,7 +279,7 @@ impl Ingest {
             first,
             last,
             lines: lines.len() as u64,
-            bytes: lines.iter().map(|line| line.text.len() as u64).sum(),
+            bytes: bytes as u64,
             blob: StoredLines { lines }.encode_to_vec(),
             done,
         };
@@ -273,7 +289,10 @@ impl Ingest {
             .await
             .map_err(|_| Error::Unavailable("the log writer stopped".to_owned()))?;
         self.sent = last;
-        Ok(Stored(StoredInner::Pending(answer)))
+        Ok(Stored {
+            answer: StoredInner::Pending(answer),
+            bytes,
+        })
     }
 }
 
@@ -315,29 +334,21 @@ async fn write_groups(store: Store, events: Events, mut queue: mpsc::Receiver<Ap
             }
         };
         let metrics = ferry_observability::metrics::get();
+        // Followers hear once per job per group, of its last stored line.
+        let mut appended: HashMap<Arc<str>, u64> = HashMap::new();
         for (append, answer) in group.drain(..).zip(answers) {
             if answer.is_ok() {
                 metrics.log_lines.add(append.lines, &[]);
                 metrics.log_bytes.add(append.bytes, &[]);
-                events.publish(Event::LogsAppended {
-                    job_id: append.job_id.clone(),
-                    sequence: append.last,
-                });
+                let last = appended.entry(append.job_id.clone()).or_default();
+                *last = (*last).max(append.last);
             }
             // the stream may have ended meanwhile
             let _ = append.done.send(answer);
         }
-    }
-}
-
-fn final_state(state: ferry_store::JobState) -> JobState {
-    match state {
-        ferry_store::JobState::Succeeded => JobState::Succeeded,
-        ferry_store::JobState::Failed => JobState::Failed,
-        ferry_store::JobState::Canceled => JobState::Canceled,
-        ferry_store::JobState::Queued => JobState::Queued,
-        ferry_store::JobState::Assigned => JobState::Assigned,
-        ferry_store::JobState::Running => JobState::Running,
+        for (job_id, sequence) in appended {
+            events.publish(Event::LogsAppended { job_id, sequence });
+        }
     }
 }
 
@@ -421,7 +432,7 @@ impl Logs {
             }
             if state.is_terminal() || !follow {
                 let final_state = if state.is_terminal() {
-                    final_state(state)
+                    ferry_service::wire::job_state(state)
                 } else {
                     JobState::Unspecified
                 };

@@ -211,14 +211,7 @@ impl ResourceService for Resources {
             .upload_test_results(&caller, &first.job_id, header, chunks)
             .await?;
         Ok(Response::new(UploadTestResultsResponse {
-            summary: Some(ferry_proto::v1::TestSummary {
-                total: summary.total,
-                passed: summary.passed,
-                failed: summary.failed,
-                skipped: summary.skipped,
-                failed_tests: summary.failed_tests,
-                files: summary.files,
-            }),
+            summary: Some(ferry_service::wire::test_summary(summary)),
         }))
     }
 
@@ -273,17 +266,9 @@ impl ResourceService for Resources {
         let caller = reader(&request)?;
         let (artifacts, state) =
             Resources::list_artifacts(self, &caller, &request.get_ref().job_id).await?;
-        let job_state = match state {
-            ferry_store::JobState::Queued => ferry_proto::v1::JobState::Queued,
-            ferry_store::JobState::Assigned => ferry_proto::v1::JobState::Assigned,
-            ferry_store::JobState::Running => ferry_proto::v1::JobState::Running,
-            ferry_store::JobState::Succeeded => ferry_proto::v1::JobState::Succeeded,
-            ferry_store::JobState::Failed => ferry_proto::v1::JobState::Failed,
-            ferry_store::JobState::Canceled => ferry_proto::v1::JobState::Canceled,
-        };
         Ok(Response::new(ListArtifactsResponse {
             artifacts,
-            job_state: job_state.into(),
+            job_state: ferry_service::wire::job_state(state).into(),
         }))
     }
 }

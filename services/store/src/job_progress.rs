@@ -11,9 +11,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use crate::entity::{job, job_step};
 use crate::error::{Error, Result};
 use crate::hold::{close_steps, held_by, hold_job, not_held};
-use crate::jobs::load_job;
 use crate::store::Store;
-use crate::types::{Holder, Job, JobState, StepState};
+use crate::types::{Holder, JobState, StepState};
 
 impl Store {
     /// Records step progress from the agent holding the job. The job must
@@ -87,10 +86,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records the final state from the agent holding the job and returns
-    /// the finished job. The job must be `Assigned` or `Running` and held
-    /// by `holder`, else `Conflict` (`NotFound` when it does not exist);
-    /// `state` must be final, else `Invalid`.
+    /// Records the final state from the agent holding the job. The job must
+    /// be `Assigned` or `Running` and held by `holder`, else `Conflict`
+    /// (`NotFound` when it does not exist); `state` must be final, else
+    /// `Invalid`.
     ///
     /// Sets `finished_at` and `message` and clears the lease; steps still
     /// `Pending` become `Skipped`, steps still `Running` take the job's
@@ -104,7 +103,7 @@ impl Store {
         state: JobState,
         message: &str,
         now: i64,
-    ) -> Result<Job> {
+    ) -> Result<()> {
         let running_steps_become = match state {
             JobState::Succeeded => StepState::Succeeded,
             JobState::Failed => StepState::Failed,
@@ -124,7 +123,7 @@ impl Store {
         } else {
             Expr::value(message)
         };
-        let (writer, txn) = self.begin_write().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let finished = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(state.as_str()))
             .col_expr(job::Column::Message, new_message)
@@ -138,11 +137,6 @@ impl Store {
         }
         close_steps(&txn, job_id, running_steps_become, now).await?;
         txn.commit().await?;
-        drop(writer);
-        // Read after the commit, outside the write lock: a finished job no
-        // longer changes.
-        load_job(self.db(), job_id)
-            .await?
-            .ok_or_else(|| Error::NotFound("job".to_owned()))
+        Ok(())
     }
 }

@@ -121,7 +121,8 @@ impl Store {
     /// (`PASSIVE`: copies what no reader still needs back into the
     /// database, without blocking writers or readers), for as long as the
     /// store lives. Automatic checkpoints are off: they ran inside whichever
-    /// request's commit crossed 1000 pages, adding ~10 ms to it.
+    /// request's commit crossed 1000 pages, adding 9–11 ms to it (measured,
+    /// BENCHMARKS.md).
     fn spawn_checkpointer(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {

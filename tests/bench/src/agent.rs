@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ferry_agent::rpc::open_sealed;
 use ferry_client::{Authorized, Bearer, ServerAddress};
-use ferry_envelope::{Envelope, Opener, PublicKey, SecretKey, job_context, listener_token_context};
+use ferry_envelope::{Opener, PublicKey, SecretKey, job_context, listener_token_context};
 use ferry_proto::v1::job_service_client::JobServiceClient;
 use ferry_proto::v1::registration_service_client::RegistrationServiceClient;
 use ferry_proto::v1::{
     AgentJob, CompleteJobRequest, GetListenerTokenRequest, JobResult, ListenerToken,
-    PollJobRequest, RegisterRequest, ReportStepRequest, SealedEnvelope, StepState,
+    PollJobRequest, RegisterRequest, ReportStepRequest, StepState,
 };
 use prost::Message as _;
 use tokio::time::Instant;
@@ -128,7 +129,7 @@ impl Connected {
             .context("GetListenerToken")?
             .into_inner();
         let sealed = response.sealed_token.context("no sealed listener token")?;
-        let plaintext = open(
+        let plaintext = open_sealed(
             &self.identity.opener,
             &listener_token_context(&agent_id),
             sealed,
@@ -165,7 +166,7 @@ impl Connected {
         }
         let sealed = response.sealed_job.context("a job id but no sealed job")?;
         let context = job_context(&response.job_id, &self.identity.agent_id);
-        let plaintext = open(&self.identity.opener, &context, sealed)?;
+        let plaintext = open_sealed(&self.identity.opener, &context, sealed)?;
         let job = AgentJob::decode(plaintext.as_slice()).context("the job does not decode")?;
         let at = Instant::now();
         if job.job_id != response.job_id {
@@ -243,22 +244,4 @@ pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
-}
-
-/// Opens a sealed envelope as ferry-agent does.
-fn open(
-    opener: &Opener,
-    context: &[u8],
-    sealed: SealedEnvelope,
-) -> anyhow::Result<ferry_envelope::Plaintext> {
-    let envelope = Envelope::from_parts(
-        sealed.version,
-        &sealed.ephemeral_public_key,
-        &sealed.nonce,
-        sealed.ciphertext,
-    )
-    .context("malformed envelope")?;
-    opener
-        .open_owned(context, envelope)
-        .context("the envelope does not open")
 }

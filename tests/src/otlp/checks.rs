@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, ensure};
+use ferry_observability::metrics::attributes;
 
 use super::{PointValue, ReceivedSpan, Receiver};
 
@@ -135,15 +136,15 @@ pub fn check_trace(spans: &[ReceivedSpan]) -> anyhow::Result<()> {
         "the dispatch span's parent is {}",
         queued.span.name
     );
-    ensure!(job.string("ferry.job.result") == Some("succeeded"));
+    ensure!(job.string(attributes::JOB_RESULT) == Some("succeeded"));
     let mut steps: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.name == "step").collect();
-    steps.sort_by_key(|step| step.int("ferry.step.index"));
+    steps.sort_by_key(|step| step.int(attributes::STEP_INDEX));
     let seen: Vec<(Option<&str>, Option<i64>)> = steps
         .iter()
         .map(|step| {
             (
-                step.string("ferry.step.name"),
-                step.int("ferry.step.exit_code"),
+                step.string(attributes::STEP_NAME),
+                step.int(attributes::STEP_EXIT_CODE),
             )
         })
         .collect();
@@ -180,7 +181,10 @@ pub fn metric_problems(receiver: &Receiver) -> Vec<String> {
     );
     expect(
         "a job finished succeeded",
-        total("ferry.jobs.finished", &[("ferry.job.result", "succeeded")]) >= Some(1.0),
+        total(
+            "ferry.jobs.finished",
+            &[(attributes::JOB_RESULT, "succeeded")],
+        ) >= Some(1.0),
     );
     expect(
         "one job queued (the requeued one)",

@@ -87,10 +87,11 @@ pub async fn job_stored_assigned(db: &TestDb) {
         Err(Error::Conflict(_))
     ));
     // completing closes the running step and skips the pending one
-    let done = store
+    store
         .complete_job(&stored.id, first("agent-a"), JobState::Failed, "boom", 140)
         .await
         .expect("complete");
+    let done = store.job(&stored.id).await.expect("read").expect("the job");
     assert_eq!(done.state, JobState::Failed);
     let steps: Vec<_> = done
         .steps

@@ -113,10 +113,15 @@ pub async fn cancel_jobs(db: &TestDb) {
         .expect("renew");
     assert!(renewed.cancel_requested);
     assert_eq!(renewed.lease_expires_at, 1_500);
-    let done = store
+    store
         .complete_job(&running.id, a, JobState::Canceled, "", 600)
         .await
         .expect("complete");
+    let done = store
+        .job(&running.id)
+        .await
+        .expect("read")
+        .expect("the job");
     assert_eq!(done.state, JobState::Canceled);
     assert_eq!(done.message, "stop it", "an empty message keeps the reason");
     let states: Vec<_> = done.steps.iter().map(|s| s.state).collect();
@@ -144,7 +149,7 @@ pub async fn cancel_jobs(db: &TestDb) {
         .request_cancel(&raced.id, "stop", 200)
         .await
         .expect("cancel");
-    let finished = store
+    store
         .complete_job(
             &raced.id,
             first("agent-b"),
@@ -154,6 +159,7 @@ pub async fn cancel_jobs(db: &TestDb) {
         )
         .await
         .expect("complete");
+    let finished = store.job(&raced.id).await.expect("read").expect("the job");
     assert_eq!(
         (finished.state, finished.message.as_str()),
         (JobState::Succeeded, "all green")

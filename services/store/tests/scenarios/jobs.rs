@@ -183,7 +183,7 @@ pub async fn job_lifecycle(db: &TestDb) {
         .complete_job("nope", first("agent-a"), JobState::Failed, "", 130)
         .await;
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
-    let done = store
+    store
         .complete_job(
             &j1.id,
             first("agent-a"),
@@ -193,6 +193,7 @@ pub async fn job_lifecycle(db: &TestDb) {
         )
         .await
         .expect("complete");
+    let done = store.job(&j1.id).await.expect("read").expect("the job");
     assert_eq!(done.state, JobState::Failed);
     assert_eq!(done.finished_at, Some(130));
     assert_eq!(done.message, "step build exited 2");
@@ -226,7 +227,7 @@ pub async fn job_lifecycle(db: &TestDb) {
             .await
             .expect("claim")
     );
-    let canceled = store
+    store
         .complete_job(
             &j3.id,
             first("agent-c"),
@@ -236,6 +237,7 @@ pub async fn job_lifecycle(db: &TestDb) {
         )
         .await
         .expect("cancel");
+    let canceled = store.job(&j3.id).await.expect("read").expect("the job");
     assert_eq!(
         (canceled.state, canceled.started_at),
         (JobState::Canceled, None)

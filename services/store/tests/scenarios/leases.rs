@@ -72,10 +72,11 @@ pub async fn lease_renewal(db: &TestDb) {
     assert_eq!(lease(store, &job.id).await, Some(2_000));
 
     // completing clears the lease; a finished job has none to renew
-    let done = store
+    store
         .complete_job(&job.id, first("agent-a"), JobState::Succeeded, "", 1_500)
         .await
         .expect("complete");
+    let done = store.job(&job.id).await.expect("read").expect("the job");
     assert_eq!(done.lease_expires_at, None);
     let err = store
         .renew_lease(&job.id, first("agent-a"), 1_600, 9_000)
@@ -202,10 +203,11 @@ pub async fn lapsed_assigned_job_requeues(db: &TestDb) {
         2
     );
     fenced(store, &job.id, first("agent-a")).await;
-    let done = store
+    store
         .complete_job(&job.id, b, JobState::Succeeded, "", 2_200)
         .await
         .expect("complete as attempt 2");
+    let done = store.job(&job.id).await.expect("read").expect("the job");
     assert_eq!((done.state, done.attempt), (JobState::Succeeded, 2));
     assert_eq!(done.agent_id.as_deref(), Some("agent-b"));
     assert_eq!(done.log_sequence, 2);

@@ -173,10 +173,11 @@ pub async fn test_results(db: &TestDb) {
     }
     let err = store.add_test_results("nope", a, &file).await;
     assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
-    let done = store
+    store
         .complete_job(&job.id, a, JobState::Succeeded, "", 2)
         .await
         .expect("complete");
+    let done = store.job(&job.id).await.expect("read").expect("the job");
     assert_eq!(
         done.test_summary,
         Some(sum.clone()),
