@@ -40,7 +40,7 @@ impl Store {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         administrator::Entity::insert(administrator::ActiveModel {
             id: Set(id.clone()),
             name: Set(name.to_owned()),
@@ -107,16 +107,9 @@ impl Store {
         if found
             .last_used_at
             .is_none_or(|last| now.saturating_sub(last) >= TOKEN_TOUCH_INTERVAL)
+            && let Err(err) = self.touch_token(&found.id, now).await
         {
-            let _writer = self.write_lock().await;
-            if let Err(err) = token::Entity::update_many()
-                .col_expr(token::Column::LastUsedAt, Expr::value(now))
-                .filter(token::Column::Id.eq(found.id.clone()))
-                .exec(self.db())
-                .await
-            {
-                tracing::warn!(error = %err, "could not record personal access token use");
-            }
+            tracing::warn!(error = %err, "could not record personal access token use");
         }
         let pool_ids = pool_ids_of(self.db(), &admin.id).await?;
         Ok(Some(to_administrator(admin, pool_ids)))
@@ -151,7 +144,7 @@ impl Store {
     /// Removes an administrator with their tokens and pool links.
     /// `NotFound` when there is no such administrator.
     pub async fn remove_administrator(&self, id: &str) -> Result<()> {
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         // the foreign keys cascade too; deleting explicitly does not depend on it
         token::Entity::delete_many()
             .filter(token::Column::AdministratorId.eq(id))
@@ -192,7 +185,7 @@ impl Store {
         {
             return Err(Error::NotFound("pool".to_owned()));
         }
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         pool_administrator::Entity::insert(pool_administrator::ActiveModel {
             pool_id: Set(pool_id.to_owned()),
             administrator_id: Set(administrator_id.to_owned()),
@@ -205,9 +198,22 @@ impl Store {
             .do_nothing()
             .to_owned(),
         )
-        .exec_without_returning(self.db())
+        .exec_without_returning(&txn)
         .await
         .map_err(|e| insert_error(e, "pool administrator", "administrator"))?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Records that a personal access token was used `now`.
+    async fn touch_token(&self, id: &str, now: i64) -> Result<()> {
+        let txn = self.begin_write().await?;
+        token::Entity::update_many()
+            .col_expr(token::Column::LastUsedAt, Expr::value(now))
+            .filter(token::Column::Id.eq(id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
         Ok(())
     }
 }

@@ -59,7 +59,7 @@ impl Store {
             last_seen_at: now,
         };
         let capabilities = to_json(&created.capabilities, "capabilities")?;
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         let mut replaced = Vec::new();
         if replace {
             replaced = agent::Entity::find()
@@ -126,14 +126,15 @@ impl Store {
     /// Removes an agent. `NotFound` when there is no such agent. Its jobs
     /// keep their `agent_id` as history.
     pub async fn remove_agent(&self, id: &str) -> Result<()> {
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         let deleted = agent::Entity::delete_many()
             .filter(agent::Column::Id.eq(id))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
         if deleted.rows_affected == 0 {
             return Err(Error::NotFound("agent".to_owned()));
         }
+        txn.commit().await?;
         Ok(())
     }
 
@@ -146,7 +147,7 @@ impl Store {
         current_job_id: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         let updated = agent::Entity::update_many()
             .col_expr(agent::Column::Status, Expr::value(status.as_str()))
             .col_expr(
@@ -155,11 +156,12 @@ impl Store {
             )
             .col_expr(agent::Column::LastSeenAt, Expr::value(now))
             .filter(agent::Column::Id.eq(id))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
         if updated.rows_affected == 0 {
             return Err(Error::NotFound("agent".to_owned()));
         }
+        txn.commit().await?;
         Ok(())
     }
 
@@ -171,7 +173,7 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         for agent in seen {
             agent::Entity::update_many()
                 .col_expr(agent::Column::Status, Expr::value(agent.status.as_str()))
@@ -194,15 +196,16 @@ impl Store {
     /// no listener token and no job (the services enforce that). `NotFound`
     /// when there is no such agent.
     pub async fn set_agent_disabled(&self, id: &str, disabled: bool) -> Result<Agent> {
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         let updated = agent::Entity::update_many()
             .col_expr(agent::Column::Disabled, Expr::value(disabled))
             .filter(agent::Column::Id.eq(id))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
         if updated.rows_affected == 0 {
             return Err(Error::NotFound("agent".to_owned()));
         }
+        txn.commit().await?;
         self.agent(id)
             .await?
             .ok_or_else(|| Error::NotFound("agent".to_owned()))

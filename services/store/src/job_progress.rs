@@ -32,7 +32,7 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let idx = i32::try_from(index).map_err(|_| Error::NotFound("job step".to_owned()))?;
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         if state == StepState::Running {
             // The guard and the move to `Running` in one statement: an
             // `Assigned` job starts now, a `Running` one stays as it is.
@@ -123,7 +123,7 @@ impl Store {
         } else {
             Expr::value(message)
         };
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         let finished = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(state.as_str()))
             .col_expr(job::Column::Message, new_message)

@@ -156,7 +156,7 @@ impl Store {
             test_summary: Set(None),
             trace_context: Set(job.trace_context.clone()),
         };
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         job::Entity::insert(row)
             .exec_without_returning(&txn)
             .await
@@ -257,7 +257,7 @@ impl Store {
         now: i64,
         lease_expires_at: i64,
     ) -> Result<bool> {
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         let claimed = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Assigned.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(Some(agent_id.to_owned())))
@@ -268,8 +268,9 @@ impl Store {
             )
             .filter(job::Column::Id.eq(job_id))
             .filter(job::Column::State.eq(JobState::Queued.as_str()))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         Ok(claimed.rows_affected == 1)
     }
 
@@ -277,7 +278,7 @@ impl Store {
     /// lease), if it is still `Assigned` to `agent_id`; otherwise does
     /// nothing.
     pub async fn release_job(&self, job_id: &str, agent_id: &str) -> Result<()> {
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         let released = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(None::<String>))
@@ -286,8 +287,9 @@ impl Store {
             .filter(job::Column::Id.eq(job_id))
             .filter(job::Column::State.eq(JobState::Assigned.as_str()))
             .filter(job::Column::AgentId.eq(agent_id))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         if released.rows_affected == 0 {
             tracing::debug!(job_id, "release ignored: job is not assigned to the agent");
         }

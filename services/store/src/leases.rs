@@ -30,7 +30,7 @@ impl Store {
         now: i64,
         lease_expires_at: i64,
     ) -> Result<LeaseRenewal> {
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         let renewed = job::Entity::update_many()
             .col_expr(
                 job::Column::LeaseExpiresAt,
@@ -82,7 +82,7 @@ impl Store {
         now: i64,
     ) -> Result<CancelOutcome> {
         let message = if reason.is_empty() { CANCELED } else { reason };
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         // lock the row so its state cannot change under the decision below
         let locked = job::Entity::update_many()
             .col_expr(job::Column::AgentId, Expr::col(job::Column::AgentId))

@@ -35,6 +35,7 @@ mod resources;
 mod store;
 pub mod testing;
 mod types;
+mod writer;
 
 pub use error::{Error, Result};
 pub use gauges::{CONNECTED_WITHIN_MICROS, PoolGauges};

@@ -4,8 +4,7 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use crate::entity::{job, log_batch};
@@ -13,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::hold::{held_by, holding};
 use crate::store::{Store, to_i64, to_u64};
 use crate::types::{Holder, LogBatch, NewLogBatch};
+use crate::writer::Write;
 
 const DEFAULT_BATCHES: u64 = 100;
 const MAX_BATCHES: u64 = 1000;
@@ -62,7 +62,7 @@ impl Store {
         &self,
         batches: Vec<NewLogBatch<'_>>,
     ) -> Result<Vec<Result<u64>>> {
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         let mut answers = Vec::with_capacity(batches.len());
         for batch in batches {
             answers.push(append_in(&txn, batch).await?);
@@ -121,7 +121,7 @@ async fn log_sequence_in(db: &impl ConnectionTrait, job_id: &str) -> Result<u64>
 /// One batch's append inside a group's transaction. The inner result is
 /// the batch's answer (a refusal writes nothing); the outer one is a
 /// database failure that ends the whole group.
-async fn append_in(txn: &DatabaseTransaction, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
+async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
     let NewLogBatch {
         job_id,
         holder,

@@ -25,15 +25,16 @@ impl Store {
             name: name.to_owned(),
             created_at: now_micros(),
         };
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         pool::Entity::insert(pool::ActiveModel {
             id: Set(model.id.clone()),
             name: Set(model.name.clone()),
             created_at: Set(model.created_at),
         })
-        .exec_without_returning(self.db())
+        .exec_without_returning(&txn)
         .await
         .map_err(|e| insert_error(e, "pool", "pool"))?;
+        txn.commit().await?;
         Ok(model.into())
     }
 

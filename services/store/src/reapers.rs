@@ -156,7 +156,7 @@ impl Store {
         } else {
             StepState::Failed
         };
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         let ended = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(state.as_str()))
             .col_expr(job::Column::Message, Expr::value(message))
@@ -188,7 +188,7 @@ impl Store {
         );
         let next_i = i32::try_from(next)
             .map_err(|_| Error::Corrupt("stored attempt is too large".to_owned()))?;
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         let requeued = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
             .col_expr(job::Column::Attempt, Expr::value(next_i))

@@ -44,7 +44,7 @@ impl Store {
     /// Records a source archive. `AlreadyExists` when the id is taken,
     /// `NotFound` when the pool does not exist.
     pub async fn insert_source(&self, source: Source) -> Result<()> {
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         source::Entity::insert(source::ActiveModel {
             size: Set(to_i64(source.size, "source size")?),
             id: Set(source.id),
@@ -53,9 +53,10 @@ impl Store {
             sha256: Set(source.sha256),
             created_at: Set(source.created_at),
         })
-        .exec_without_returning(self.db())
+        .exec_without_returning(&txn)
         .await
         .map_err(|e| insert_error(e, "source", "pool"))?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -72,7 +73,7 @@ impl Store {
     /// Records an artifact of a job. `AlreadyExists` when the job already
     /// has an artifact of this name, `NotFound` when the job does not exist.
     pub async fn insert_artifact(&self, artifact: Artifact) -> Result<()> {
-        let _writer = self.write_lock().await;
+        let txn = self.begin_write().await?;
         artifact::Entity::insert(artifact::ActiveModel {
             size: Set(to_i64(artifact.size, "artifact size")?),
             job_id: Set(artifact.job_id),
@@ -80,9 +81,10 @@ impl Store {
             sha256: Set(artifact.sha256),
             created_at: Set(artifact.created_at),
         })
-        .exec_without_returning(self.db())
+        .exec_without_returning(&txn)
         .await
         .map_err(|e| insert_error(e, "artifact", "job"))?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -142,7 +144,7 @@ impl Store {
         holder: Holder<'_>,
         file: &TestSummary,
     ) -> Result<TestSummary> {
-        let (_writer, txn) = self.begin_write().await?;
+        let txn = self.begin_write().await?;
         hold_job(&txn, job_id, holder).await?;
         let stored: Option<Option<String>> = job::Entity::find_by_id(job_id.to_owned())
             .select_only()

@@ -7,17 +7,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
 };
 use sea_orm_migration::MigratorTrait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, MutexGuard};
 
 use crate::crypto::SpecCipher;
 use crate::error::{Error, Result};
 use crate::migration::Migrator;
+use crate::writer::{Write, Writer};
 
 /// How long a SQLite writer waits for the write lock before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,16 +39,12 @@ struct Inner {
     db: DatabaseConnection,
     backend: DbBackend,
     cipher: SpecCipher,
-    /// SQLite's one writer at a time, as a fair async lock: writers queue
-    /// here and are woken the moment the previous one commits, instead of
-    /// sleeping in SQLite's busy handler (1, 2, 5, 10… ms) while the
-    /// database sits idle. `None` on PostgreSQL, which locks rows.
-    writer: Option<Mutex<()>>,
+    /// SQLite's one writer: writers queue on a fair async lock (woken the
+    /// moment the previous one is done, instead of sleeping in SQLite's
+    /// busy handler while the database sits idle) and share group-commit
+    /// batches. `None` on PostgreSQL, which locks rows.
+    writer: Option<Writer>,
 }
-
-/// Held while writing to SQLite (see `Inner::writer`); `None` on
-/// PostgreSQL.
-pub(crate) type WriteGuard<'a> = Option<MutexGuard<'a, ()>>;
 
 /// How often the background task checkpoints SQLite's write-ahead log.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -108,7 +103,7 @@ impl Store {
                 db,
                 backend,
                 cipher: SpecCipher::new(data_key),
-                writer: (backend == DbBackend::Sqlite).then(|| Mutex::new(())),
+                writer: (backend == DbBackend::Sqlite).then(Writer::start),
             }),
         };
         if backend == DbBackend::Sqlite {
@@ -153,28 +148,12 @@ impl Store {
         &self.inner.cipher
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write
-    /// lock up front (`BEGIN IMMEDIATE`), so it waits on the busy timeout
-    /// instead of failing when it upgrades from reading to writing.
-    ///
-    /// Returns the transaction with the store's write guard: keep the guard
-    /// until the transaction commits or is dropped.
-    pub(crate) async fn begin_write(&self) -> Result<(WriteGuard<'_>, DatabaseTransaction)> {
-        let guard = self.write_lock().await;
-        let options = TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        };
-        Ok((guard, self.inner.db.begin_with_options(options).await?))
-    }
-
-    /// The write guard for a single writing statement outside
-    /// [`Store::begin_write`]; hold it until the statement has run.
-    pub(crate) async fn write_lock(&self) -> WriteGuard<'_> {
-        match &self.inner.writer {
-            Some(writer) => Some(writer.lock().await),
-            None => None,
-        }
+    /// Begins a write: statements run on the returned [`Write`] as on a
+    /// transaction, and `commit` makes them durable. On SQLite it waits for
+    /// the one write lock and joins the open group-commit batch (see
+    /// `crate::writer`); on PostgreSQL it is a transaction of its own.
+    pub(crate) async fn begin_write(&self) -> Result<Write> {
+        Ok(Write::begin(&self.inner.db, self.inner.writer.as_ref()).await?)
     }
 }
 

@@ -56,6 +56,7 @@ on_both_backends!(
     job_stored_assigned,
     grouped_log_appends,
     agent_statuses_in_batches,
+    concurrent_writes_commit_alone,
 );
 
 #[test]

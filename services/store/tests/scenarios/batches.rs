@@ -220,3 +220,103 @@ pub async fn agent_statuses_in_batches(db: &TestDb) {
         .expect("new name");
     assert!(none.is_empty());
 }
+
+/// Many writers at once (on SQLite they share group-commit batches): a
+/// write refused after it already changed a row leaves nothing behind, the
+/// others all commit, a write whose caller went away midway neither
+/// commits half of itself nor blocks the writers after it, and whatever a
+/// write reported as done is there for every reader.
+pub async fn concurrent_writes_commit_alone(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("together").await.expect("pool");
+    let job = store
+        .insert_assigned_job(
+            new_job(&pool.id, "held", &["build"]),
+            None,
+            "agent-a",
+            100,
+            FOREVER,
+        )
+        .await
+        .expect("insert assigned");
+    let mut writers = tokio::task::JoinSet::new();
+    for index in 0..40 {
+        let store = store.clone();
+        let job_id = job.id.clone();
+        writers.spawn(async move {
+            match index % 4 {
+                // moves the job to Running, then finds no step 7: refused
+                0 => {
+                    let refused = store
+                        .update_step(&job_id, first("agent-a"), 7, StepState::Running, None, 200)
+                        .await;
+                    assert!(matches!(refused, Err(Error::NotFound(_))), "{refused:?}");
+                    None
+                }
+                // the same name each time: one is created, the rest refused
+                1 => store
+                    .create_pool("contested")
+                    .await
+                    .ok()
+                    .map(|pool| pool.name),
+                _ => Some(
+                    store
+                        .create_pool(&format!("pool-{index}"))
+                        .await
+                        .expect("a pool of its own")
+                        .name,
+                ),
+            }
+        });
+    }
+    // writers whose callers give up at once, wherever they are
+    for index in 0..10 {
+        let store = store.clone();
+        let abandoned = tokio::spawn(async move {
+            let _ = store.create_pool(&format!("abandoned-{index}")).await;
+        });
+        tokio::task::yield_now().await;
+        abandoned.abort();
+    }
+    let mut created = Vec::new();
+    while let Some(joined) = writers.join_next().await {
+        created.extend(joined.expect("writer"));
+    }
+    assert_eq!(
+        created.iter().filter(|name| *name == "contested").count(),
+        1,
+        "exactly one writer created the contested pool"
+    );
+    assert_eq!(
+        created.len(),
+        21,
+        "20 pools of their own and the contested one"
+    );
+    for name in &created {
+        assert!(
+            store.pool_by_name(name).await.expect("read").is_some(),
+            "pool {name} was reported created but is not there"
+        );
+    }
+    let after = store.job(&job.id).await.expect("read").expect("exists");
+    assert_eq!(
+        (after.state, after.started_at),
+        (JobState::Assigned, None),
+        "the refused step reports left the job as it was"
+    );
+    // the writer is free: a write after the abandoned ones commits
+    let last = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.create_pool("after-the-abandoned"),
+    )
+    .await
+    .expect("a write after abandoned writes does not hang")
+    .expect("pool");
+    assert!(
+        store
+            .pool_by_name(&last.name)
+            .await
+            .expect("read")
+            .is_some()
+    );
+}

@@ -13,7 +13,10 @@ mod resources;
 mod telemetry;
 
 pub use at_rest::spec_encrypted_at_rest;
-pub use batches::{agent_statuses_in_batches, grouped_log_appends, job_stored_assigned};
+pub use batches::{
+    agent_statuses_in_batches, concurrent_writes_commit_alone, grouped_log_appends,
+    job_stored_assigned,
+};
 pub use cancel::{cancel_jobs, timeouts, unconfirmed_cancels};
 pub use directory::{administrators, agent_disabling, agents, pools, reconnect_keeps_data};
 pub use jobs::{concurrent_claims, job_lifecycle};
