@@ -171,7 +171,7 @@ impl Logs {
             .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
         let job = self
             .store
-            .job(job_id)
+            .log_holder(job_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
         if job.state.is_terminal()
@@ -189,7 +189,7 @@ impl Logs {
             attempt: caller.attempt,
             sent: job.log_sequence,
             acked: job.log_sequence,
-            cancel_requested: job.cancel_requested_at.is_some(),
+            cancel_requested: job.cancel_requested,
         })
     }
 

@@ -43,6 +43,6 @@ pub use notify::{Listener, MAX_PAYLOAD};
 pub use store::Store;
 pub use types::{
     Administrator, Agent, AgentSeen, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobFilter,
-    JobState, JobStep, LeaseRenewal, LogBatch, NewAgent, NewJob, NewLogBatch, ParseStateError,
-    Pool, ReapOutcome, Reaped, Source, StepState, TestSummary, demands_met,
+    JobState, JobStep, LeaseRenewal, LogBatch, LogHolder, NewAgent, NewJob, NewLogBatch,
+    ParseStateError, Pool, ReapOutcome, Reaped, Source, StepState, TestSummary, demands_met,
 };

@@ -10,8 +10,8 @@ use sea_orm::{
 use crate::entity::{job, log_batch};
 use crate::error::{Error, Result};
 use crate::hold::{held_by, holding};
-use crate::store::{Store, to_i64, to_u64};
-use crate::types::{Holder, LogBatch, NewLogBatch};
+use crate::store::{Store, parse_state, to_i64, to_u32, to_u64};
+use crate::types::{Holder, LogBatch, LogHolder, NewLogBatch};
 use crate::writer::Write;
 
 const DEFAULT_BATCHES: u64 = 100;
@@ -75,6 +75,36 @@ impl Store {
     /// job does not exist.
     pub async fn log_sequence(&self, job_id: &str) -> Result<u64> {
         log_sequence_in(self.db(), job_id).await
+    }
+
+    /// Who holds the job and the last log line stored for it; `None` when
+    /// there is no such job.
+    pub async fn log_holder(&self, job_id: &str) -> Result<Option<LogHolder>> {
+        // state, agent id, attempt, log sequence, cancel requested at
+        type Row = (String, Option<String>, i32, i64, Option<i64>);
+        let row: Option<Row> = job::Entity::find_by_id(job_id.to_owned())
+            .select_only()
+            .column(job::Column::State)
+            .column(job::Column::AgentId)
+            .column(job::Column::Attempt)
+            .column(job::Column::LogSequence)
+            .column(job::Column::CancelRequestedAt)
+            .into_tuple()
+            .all(self.db())
+            .await?
+            .pop();
+        row.map(
+            |(state, agent_id, attempt, log_sequence, cancel_requested_at)| {
+                Ok(LogHolder {
+                    state: parse_state(&state)?,
+                    agent_id,
+                    attempt: to_u32(attempt, "attempt")?,
+                    log_sequence: to_u64(log_sequence, "log sequence")?,
+                    cancel_requested: cancel_requested_at.is_some(),
+                })
+            },
+        )
+        .transpose()
     }
 
     /// The batches holding lines `from` and later (those whose last line is

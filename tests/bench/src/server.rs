@@ -303,6 +303,23 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     status_kib(&status, "VmRSS:").map(|kib| kib * 1024)
 }
 
+/// Clock ticks per second of /proc/*/stat's times (USER_HZ, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// CPU time a process has used so far (user + system, all its threads),
+/// from /proc/PID/stat.
+pub fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the fields after the command name, which may hold spaces: the third
+    // field of the line (state) first, so utime (14th) and stime (15th)
+    // are the 12th and 13th here
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
+}
+
 /// A `… kB` field of /proc/*/status or /proc/meminfo, in KiB.
 pub fn status_kib(text: &str, field: &str) -> Option<u64> {
     text.lines()
@@ -337,5 +354,13 @@ mod tests {
         assert_eq!(status_kib(text, "VmRSS:"), Some(12345));
         assert_eq!(status_kib(text, "VmSwap:"), None);
         assert!(rss_of(std::process::id()).is_some_and(|bytes| bytes > 0));
+        let before = cpu_of(std::process::id()).expect("own cpu time");
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let used = cpu_of(std::process::id()).expect("own cpu time") - before;
+        assert!(used >= Duration::from_millis(100), "{used:?}");
     }
 }

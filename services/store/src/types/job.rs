@@ -113,6 +113,19 @@ pub struct JobFilter {
     pub after_id: Option<String>,
 }
 
+/// Who holds a job and how far its log goes: what opening a log stream
+/// checks, read without the rest of the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHolder {
+    pub state: JobState,
+    pub agent_id: Option<String>,
+    pub attempt: u32,
+    /// The last log line stored (0 when there is none).
+    pub log_sequence: u64,
+    /// Whether a cancel was requested.
+    pub cancel_requested: bool,
+}
+
 /// Log lines `first..=last` of a job, as the blob the caller appended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogBatch {

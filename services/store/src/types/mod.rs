@@ -9,8 +9,8 @@ mod resource;
 
 pub(crate) use job::DEFAULT_MAX_ATTEMPTS;
 pub use job::{
-    CancelOutcome, Holder, Job, JobFilter, JobStep, LeaseRenewal, LogBatch, NewJob, NewLogBatch,
-    ReapOutcome, Reaped,
+    CancelOutcome, Holder, Job, JobFilter, JobStep, LeaseRenewal, LogBatch, LogHolder, NewJob,
+    NewLogBatch, ReapOutcome, Reaped,
 };
 pub use resource::{Artifact, Source, TestSummary};
 

@@ -1,6 +1,6 @@
 //! Job logs.
 
-use ferry_store::{Error, JobState, LogBatch};
+use ferry_store::{Error, JobState, LogBatch, LogHolder};
 
 use crate::support::{FOREVER, TestDb, first, new_job};
 
@@ -50,6 +50,17 @@ pub async fn logs(db: &TestDb) {
         3
     );
     assert_eq!(store.log_sequence(&job.id).await.expect("seq"), 3);
+    assert_eq!(
+        store.log_holder(&job.id).await.expect("holder"),
+        Some(LogHolder {
+            state: JobState::Assigned,
+            agent_id: Some("agent-1".to_owned()),
+            attempt: 1,
+            log_sequence: 3,
+            cancel_requested: false,
+        })
+    );
+    assert_eq!(store.log_holder("nope").await.expect("no holder"), None);
 
     // a duplicate stores nothing and reports where the log is
     assert_eq!(

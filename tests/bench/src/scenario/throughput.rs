@@ -18,17 +18,21 @@ use crate::cli::ThroughputArgs;
 use crate::fleet::{Behaviour, Event};
 use crate::jobs::{self, Ledger};
 use crate::report::{Row, median, runs_note, thousands};
-use crate::server::Target;
+use crate::server::{Target, cpu_of};
 
 /// Longest pause in the agents' activity before the run is abandoned.
 const STALL: Duration = Duration::from_secs(30);
 
-/// Rates of one run, per second.
+/// Rates of one run, per second, and CPU time spent per job.
 #[derive(Debug, Clone, Copy)]
 struct Rates {
     queued: f64,
     dispatched: f64,
     completed: f64,
+    /// ferryd's CPU time per job, in ms (when its process is known).
+    server_cpu: Option<f64>,
+    /// ferry-bench's own (agents and queueing clients), in ms.
+    bench_cpu: Option<f64>,
 }
 
 /// One row per agent count.
@@ -40,10 +44,12 @@ pub async fn run(bench: &Bench, args: &ThroughputArgs) -> anyhow::Result<Vec<Row
             .repeat(&what, async |target, _run| {
                 let rates = one_run(target, agents, args).await?;
                 eprintln!(
-                    "  queued {}/s, dispatched {}/s, completed {}/s; every job ended exactly once",
+                    "  queued {}/s, dispatched {}/s, completed {}/s; every job ended exactly once; CPU per job: ferryd {}, ferry-bench {}",
                     thousands(rates.queued),
                     thousands(rates.dispatched),
-                    thousands(rates.completed)
+                    thousands(rates.completed),
+                    cpu_note(rates.server_cpu),
+                    cpu_note(rates.bench_cpu),
                 );
                 Ok(rates)
             })
@@ -56,16 +62,22 @@ pub async fn run(bench: &Bench, args: &ThroughputArgs) -> anyhow::Result<Vec<Row
             2000.0
         };
         let result = median(&completed);
+        let cpu = |get: fn(&Rates) -> Option<f64>| {
+            let values: Option<Vec<f64>> = runs.iter().map(get).collect();
+            cpu_note(values.map(|values| median(&values)))
+        };
         rows.push(Row {
             figure: "Throughput, jobs/s queued / dispatched / completed".to_owned(),
             setup: format!(
-                "{agents} agents running one-step jobs ({} log lines each), {}, {} jobs from {} clients × {} in flight, {}; every job ended exactly once",
+                "{agents} agents running one-step jobs ({} log lines each), {}, {} jobs from {} clients × {} in flight, {}; every job ended exactly once; CPU per job: ferryd {}, ferry-bench {}",
                 args.log_lines,
                 bench.database(),
                 args.jobs,
                 args.clients,
                 args.in_flight,
                 runs_note(&completed, "/s"),
+                cpu(|rates| rates.server_cpu),
+                cpu(|rates| rates.bench_cpu),
             ),
             result: format!(
                 "{} / {} / {}",
@@ -90,6 +102,7 @@ async fn one_run(target: &Target, agents: usize, args: &ThroughputArgs) -> anyho
     for _ in 0..args.clients.max(1) {
         clients.push(jobs::client(target).await?);
     }
+    let cpu_before = cpu_now(target);
     let next = Arc::new(AtomicUsize::new(0));
     let queued = Arc::new(Mutex::new(Vec::with_capacity(args.jobs)));
     let started = Instant::now();
@@ -136,6 +149,7 @@ async fn one_run(target: &Target, agents: usize, args: &ThroughputArgs) -> anyho
         anyhow::Ok(())
     }
     .await;
+    let cpu_after = cpu_now(target);
     let mut last_queued = started;
     while let Some(joined) = queuers.join_next().await {
         last_queued = last_queued.max(joined.context("a queueing client panicked")??);
@@ -156,9 +170,24 @@ async fn one_run(target: &Target, agents: usize, args: &ThroughputArgs) -> anyho
     }
     let rate =
         |end: Instant| args.jobs as f64 / end.duration_since(started).as_secs_f64().max(1e-9);
+    let per_job = |before: Option<Duration>, after: Option<Duration>| {
+        Some((after? - before?).as_secs_f64() * 1000.0 / args.jobs as f64)
+    };
     Ok(Rates {
         queued: rate(last_queued),
         dispatched: rate(last_opened),
         completed: rate(last_completed),
+        server_cpu: per_job(cpu_before.0, cpu_after.0),
+        bench_cpu: per_job(cpu_before.1, cpu_after.1),
     })
+}
+
+/// CPU time used so far by ferryd (when its process is known) and by this
+/// process.
+fn cpu_now(target: &Target) -> (Option<Duration>, Option<Duration>) {
+    (target.pid.and_then(cpu_of), cpu_of(std::process::id()))
+}
+
+fn cpu_note(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "unknown".to_owned(), |ms| format!("{ms:.2} ms"))
 }
