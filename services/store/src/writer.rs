@@ -21,9 +21,11 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
 
-/// The savepoint each write of a batch runs in.
+/// The savepoint each write of a batch runs in. Each write that succeeds
+/// releases its own and opens the next one's in the same round trip to
+/// SQLite's thread, so a write that finds it open starts at once.
 const SAVEPOINT: &str = "SAVEPOINT ferry_write";
-const RELEASE: &str = "RELEASE ferry_write";
+const RELEASE_AND_REOPEN: &str = "RELEASE ferry_write; SAVEPOINT ferry_write";
 const UNDO: &str = "ROLLBACK TO ferry_write; RELEASE ferry_write";
 
 /// How a batch ended, as seen by each write in it.
@@ -44,6 +46,8 @@ struct Batching {
 
 struct Batch {
     txn: DatabaseTransaction,
+    /// A savepoint is open and no write has used it yet.
+    armed: bool,
     /// The last write was abandoned (an error, or its caller went away)
     /// without undoing its savepoint; whoever takes the lock next undoes
     /// it first.
@@ -81,6 +85,7 @@ impl Writer {
             let txn = db.begin_with_options(options).await?;
             guard.open = Some(Batch {
                 txn,
+                armed: false,
                 undo_pending: false,
                 poisoned: false,
                 outcome: watch::Sender::new(None),
@@ -95,9 +100,13 @@ impl Writer {
                 .txn
                 .execute_unprepared(&format!("{UNDO}; {SAVEPOINT}"))
                 .await
+                .map(drop)
+        } else if batch.armed {
+            Ok(())
         } else {
-            batch.txn.execute_unprepared(SAVEPOINT).await
+            batch.txn.execute_unprepared(SAVEPOINT).await.map(drop)
         };
+        batch.armed = false;
         if let Err(error) = opened {
             batch.poisoned = true;
             self.ended.notify_one();
@@ -219,8 +228,14 @@ impl Write {
         match self.inner {
             Inner::Own(txn) => txn.commit().await,
             Inner::Batched(mut batched) => {
-                batched.txn()?.execute_unprepared(RELEASE).await?;
+                batched
+                    .txn()?
+                    .execute_unprepared(RELEASE_AND_REOPEN)
+                    .await?;
                 batched.released = true;
+                if let Some(batch) = batched.guard.open.as_mut() {
+                    batch.armed = true;
+                }
                 let mut outcome = batched.outcome.clone();
                 // ends the write: the lock passes on and the committer is woken
                 drop(batched);
