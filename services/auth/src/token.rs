@@ -154,6 +154,9 @@ pub struct TokenSigner {
     key_pair: Ed25519KeyPair,
     issuer: String,
     key_id: String,
+    /// Shared with this signer's verifiers: a token signed here is known
+    /// to them as verified from the start.
+    verified: Arc<Mutex<Verified>>,
 }
 
 impl fmt::Debug for TokenSigner {
@@ -186,6 +189,7 @@ impl TokenSigner {
             key_pair,
             issuer: issuer.into(),
             key_id,
+            verified: Arc::default(),
         })
     }
 
@@ -194,9 +198,13 @@ impl TokenSigner {
         &self.issuer
     }
 
-    /// The verifier for tokens this signer makes.
+    /// The verifier for tokens this signer makes. It knows every token
+    /// this signer makes (in this process) without verifying it.
     pub fn verifier(&self) -> TokenVerifier {
-        TokenVerifier::new(self.key_pair.public_key().as_ref(), self.issuer.clone())
+        TokenVerifier {
+            verified: self.verified.clone(),
+            ..TokenVerifier::new(self.key_pair.public_key().as_ref(), self.issuer.clone())
+        }
     }
 
     /// Signs the claims; `iss` is set to this signer's issuer.
@@ -217,8 +225,15 @@ impl TokenSigner {
         let signature = self.key_pair.sign(token.as_bytes());
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        lock(&self.verified).remember(&token, &claims, claims.iat);
         Ok(token)
     }
+}
+
+fn lock(verified: &Mutex<Verified>) -> MutexGuard<'_, Verified> {
+    verified
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Verifies tokens locally with the server's public signing key.
@@ -305,9 +320,7 @@ impl TokenVerifier {
     }
 
     fn remembered(&self) -> MutexGuard<'_, Verified> {
-        self.verified
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.verified)
     }
 
     /// What does not change with time or audience: the shape, the header,
@@ -442,11 +455,19 @@ mod tests {
         let verifier = signer.verifier();
         let now = 1_800_000_000;
         let token = signer.sign(&claims(Audience::Listener, now)).expect("sign");
-        // verified once, so remembered
+        // made by this verifier's signer, so known before any check
+        assert_eq!(verifier.remembered().tokens.len(), 1);
         verifier
             .verify(&token, Audience::Listener, now)
             .expect("verify");
-        assert_eq!(verifier.remembered().tokens.len(), 1);
+        // a verifier of the same key but not of this signer checks it, then
+        // remembers it
+        let separate = TokenVerifier::new(signer.key_pair.public_key().as_ref(), "ferry-test");
+        assert!(separate.remembered().tokens.is_empty());
+        separate
+            .verify(&token, Audience::Listener, now)
+            .expect("verify");
+        assert_eq!(separate.remembered().tokens.len(), 1);
         assert_eq!(
             verifier.verify(&token, Audience::Job, now),
             Err(TokenError::WrongAudience("ferry:listener".to_owned()))
