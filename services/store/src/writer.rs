@@ -21,12 +21,14 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
 
-/// The savepoint each write of a batch runs in. Each write that succeeds
-/// releases its own and opens the next one's in the same round trip to
-/// SQLite's thread, so a write that finds it open starts at once.
+/// The savepoint each write of a batch runs in. A write that succeeds
+/// leaves its savepoint open; the next write releases it as it opens its
+/// own, in the same round trip to SQLite's thread, and the commit releases
+/// the last one. So finishing a write costs no round trip, and there is
+/// never more than one savepoint open.
 const SAVEPOINT: &str = "SAVEPOINT ferry_write";
-const RELEASE_AND_REOPEN: &str = "RELEASE ferry_write; SAVEPOINT ferry_write";
-const UNDO: &str = "ROLLBACK TO ferry_write; RELEASE ferry_write";
+const RELEASE: &str = "RELEASE ferry_write";
+const UNDO: &str = "ROLLBACK TO ferry_write";
 
 /// How a batch ended, as seen by each write in it.
 type Outcome = Result<(), Arc<str>>;
@@ -46,11 +48,10 @@ struct Batching {
 
 struct Batch {
     txn: DatabaseTransaction,
-    /// A savepoint is open and no write has used it yet.
-    armed: bool,
-    /// The last write was abandoned (an error, or its caller went away)
-    /// without undoing its savepoint; whoever takes the lock next undoes
-    /// it first.
+    /// The last write's savepoint is still open.
+    savepoint_open: bool,
+    /// The last write was abandoned (an error, or its caller went away):
+    /// whoever takes the lock next rolls back to its savepoint first.
     undo_pending: bool,
     /// A savepoint statement failed: the batch is rolled back, not
     /// committed, and every write in it fails.
@@ -78,14 +79,10 @@ impl Writer {
     async fn begin(&self, db: &DatabaseConnection) -> Result<Write, DbErr> {
         let mut guard = self.state.clone().lock_owned().await;
         if guard.open.is_none() {
-            let options = TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            };
-            let txn = db.begin_with_options(options).await?;
+            let txn = db.begin_with_options(immediate()).await?;
             guard.open = Some(Batch {
                 txn,
-                armed: false,
+                savepoint_open: false,
                 undo_pending: false,
                 poisoned: false,
                 outcome: watch::Sender::new(None),
@@ -95,18 +92,14 @@ impl Writer {
             return Err(DbErr::Custom("no open write batch".to_owned()));
         };
         let outcome = batch.outcome.subscribe();
-        let opened = if std::mem::take(&mut batch.undo_pending) {
-            batch
-                .txn
-                .execute_unprepared(&format!("{UNDO}; {SAVEPOINT}"))
-                .await
-                .map(drop)
-        } else if batch.armed {
-            Ok(())
-        } else {
-            batch.txn.execute_unprepared(SAVEPOINT).await.map(drop)
+        let sql = match (batch.savepoint_open, batch.undo_pending) {
+            (false, _) => SAVEPOINT.to_owned(),
+            (true, false) => format!("{RELEASE}; {SAVEPOINT}"),
+            (true, true) => format!("{UNDO}; {RELEASE}; {SAVEPOINT}"),
         };
-        batch.armed = false;
+        let opened = batch.txn.execute_unprepared(&sql).await;
+        batch.savepoint_open = true;
+        batch.undo_pending = false;
         if let Err(error) = opened {
             batch.poisoned = true;
             self.ended.notify_one();
@@ -116,7 +109,7 @@ impl Writer {
             inner: Inner::Batched(Batched {
                 guard,
                 outcome,
-                released: false,
+                kept: false,
                 ended: self.ended.clone(),
             }),
         })
@@ -127,6 +120,15 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // lets the committer see that the writer is gone
         self.ended.notify_one();
+    }
+}
+
+/// `BEGIN IMMEDIATE`: the write lock from the start (another process may
+/// hold the database).
+fn immediate() -> TransactionOptions {
+    TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
     }
 }
 
@@ -182,7 +184,7 @@ enum Inner {
 struct Batched {
     guard: OwnedMutexGuard<Batching>,
     outcome: watch::Receiver<Option<Outcome>>,
-    released: bool,
+    kept: bool,
     ended: Arc<Notify>,
 }
 
@@ -198,7 +200,7 @@ impl Batched {
 
 impl Drop for Batched {
     fn drop(&mut self) {
-        if !self.released
+        if !self.kept
             && let Some(batch) = self.guard.open.as_mut()
         {
             batch.undo_pending = true;
@@ -228,14 +230,7 @@ impl Write {
         match self.inner {
             Inner::Own(txn) => txn.commit().await,
             Inner::Batched(mut batched) => {
-                batched
-                    .txn()?
-                    .execute_unprepared(RELEASE_AND_REOPEN)
-                    .await?;
-                batched.released = true;
-                if let Some(batch) = batched.guard.open.as_mut() {
-                    batch.armed = true;
-                }
+                batched.kept = true;
                 let mut outcome = batched.outcome.clone();
                 // ends the write: the lock passes on and the committer is woken
                 drop(batched);
