@@ -92,6 +92,10 @@ impl Writer {
             return Err(DbErr::Custom("no open write batch".to_owned()));
         };
         let outcome = batch.outcome.subscribe();
+        // Should this caller go away during the statement below, the
+        // committer must still learn that a write ended: the batch may hold
+        // other writes waiting for their commit.
+        let mut wake = WakeOnDrop(Some(self.ended.clone()));
         let sql = match (batch.savepoint_open, batch.undo_pending) {
             (false, _) => SAVEPOINT.to_owned(),
             (true, false) => format!("{RELEASE}; {SAVEPOINT}"),
@@ -102,9 +106,10 @@ impl Writer {
         batch.undo_pending = false;
         if let Err(error) = opened {
             batch.poisoned = true;
-            self.ended.notify_one();
             return Err(error);
         }
+        // from here on the write's own drop wakes the committer
+        wake.0 = None;
         Ok(Write {
             inner: Inner::Batched(Batched {
                 guard,
@@ -113,6 +118,17 @@ impl Writer {
                 ended: self.ended.clone(),
             }),
         })
+    }
+}
+
+/// Wakes the committer when dropped, unless disarmed (`None`).
+struct WakeOnDrop(Option<Arc<Notify>>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        if let Some(ended) = &self.0 {
+            ended.notify_one();
+        }
     }
 }
 
