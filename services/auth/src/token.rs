@@ -299,10 +299,9 @@ impl TokenVerifier {
     /// token seen before is not verified again (see `Verified`).
     pub fn verify(&self, token: &str, audience: Audience, now: i64) -> Result<Claims, TokenError> {
         let known = self.remembered().tokens.get(token).cloned();
-        let remembered = known.is_some();
-        let claims = match known {
-            Some(claims) => claims,
-            None => self.verify_signed(token)?,
+        let (claims, remembered) = match known {
+            Some(claims) => (claims, true),
+            None => (self.verify_signed(token)?, false),
         };
         if claims.aud != audience.as_str() {
             return Err(TokenError::WrongAudience(claims.aud));

@@ -31,8 +31,9 @@ use crate::config::Config;
 /// jemalloc instead of the system allocator: a request allocates and frees
 /// many small buffers (HTTP/2 frames, protobuf messages, SQL statements)
 /// across threads, where glibc's malloc took 10–13 % of ferryd's CPU time
-/// under load; with jemalloc ferryd needs about a quarter less CPU per job,
-/// and holds less memory per idle agent (BENCHMARKS.md).
+/// under load; with jemalloc ferryd needs about a quarter less CPU per job
+/// (BENCHMARKS.md). mimalloc was as fast but held more memory per idle
+/// agent.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
