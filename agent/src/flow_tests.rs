@@ -189,6 +189,13 @@ async fn run_once_runs_a_job_reports_it_and_streams_masked_logs() {
     assert_eq!(completion.result, JobResult::Failed as i32);
     assert_eq!(completion.message, "step fail failed with exit code 3");
 
+    assert!(
+        !state
+            .authorizations
+            .iter()
+            .any(|(method, _)| *method == "ReportStep"),
+        "steps are reported on their log lines, not with ReportStep"
+    );
     let reports: Vec<(u32, i32, Option<i32>)> = state
         .reports
         .iter()

@@ -11,7 +11,7 @@ use ferry_envelope::Opener;
 use ferry_proto::time::duration_from_proto;
 use ferry_proto::v1::job_service_client::JobServiceClient;
 use ferry_proto::v1::resource_service_client::ResourceServiceClient;
-use ferry_proto::v1::{AgentJob, CompleteJobRequest, JobResult, ReportStepRequest, StepState};
+use ferry_proto::v1::{AgentJob, CompleteJobRequest, JobResult, StepState};
 use tonic::transport::Channel;
 use tracing::Instrument as _;
 
@@ -36,6 +36,11 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const SOURCE_FILE: &str = "source.tar.gz";
 /// A step timeout long enough never to fire (the job's timeout applies).
 const NO_STEP_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// How long the job's first step waits for the server to store the line
+/// that reports it started: until then the server may give the job to
+/// another agent should this one vanish, so the step does not run before
+/// (unless the server stays silent this long).
+const START_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every job of this agent shares.
 #[derive(Clone)]
@@ -192,7 +197,7 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
         },
         stop.clone(),
     );
-    let mut log = JobLog::new(Masker::new(job.secrets.values()), sender);
+    let mut log = JobLog::uploading(Masker::new(job.secrets.values()), sender);
 
     let (result, mut message) = run_steps(&calls, &context.settings, &job, &mut log).await;
     timer.abort();
@@ -273,7 +278,7 @@ async fn run_steps(
             let message = format!("cannot prepare the workspace: {error:#}");
             tracing::error!(job_id = %job.job_id, error = format!("{error:#}"), "cannot prepare the workspace");
             log.system(0, &message).await;
-            skip_all(calls, job, log).await;
+            skip_all(job, log).await;
             return (JobResult::Failed, message);
         }
     };
@@ -292,21 +297,26 @@ async fn run_steps(
     let source_ok = failure.is_none();
 
     let mut tolerated = 0usize;
+    let mut started = false;
     for (index, spec) in job.steps.iter().enumerate() {
         let step_index = u32::try_from(index).unwrap_or(u32::MAX);
         let span = telemetry::step_span(step_index, &log.mask(&spec.name));
         if failure.is_some() || calls.stop.is_set() {
-            async {
-                log.system(step_index, &format!("step {} skipped", spec.name))
-                    .await;
-                report_step(calls, &job.job_id, index, StepState::Skipped, None).await;
-            }
-            .instrument(span.clone())
-            .await;
+            skip(log, step_index, &spec.name)
+                .instrument(span.clone())
+                .await;
             telemetry::step_ended(&span, StepState::Skipped, None);
             continue;
         }
-        let end = run_one_step(calls, job, index, spec, &workspace, &script_dir, log)
+        let step = Step {
+            index,
+            spec,
+            workspace: &workspace,
+            script_dir: &script_dir,
+            confirm_start: !started,
+        };
+        started = true;
+        let end = run_one_step(calls, job, step, log)
             .instrument(span.clone())
             .await;
         telemetry::step_ended(&span, end.state, end.exit_code);
@@ -337,25 +347,45 @@ async fn run_steps(
     .await
 }
 
-/// Runs one step in the current (step) span: reports it running, runs it,
-/// reports how it ended.
-async fn run_one_step(
-    calls: &Calls,
-    job: &AgentJob,
+/// A step to run, and where.
+struct Step<'a> {
     index: usize,
-    spec: &ferry_proto::v1::StepSpec,
-    workspace: &Path,
-    script_dir: &Path,
-    log: &mut JobLog,
-) -> StepEnd {
+    spec: &'a ferry_proto::v1::StepSpec,
+    workspace: &'a Path,
+    script_dir: &'a Path,
+    /// Whether this is the job's first step to start: it waits until the
+    /// server knows the job started (see [`START_CONFIRM_TIMEOUT`]).
+    confirm_start: bool,
+}
+
+/// Runs one step in the current (step) span: reports it running (on its
+/// first log line), runs it, reports how it ended (on its last).
+async fn run_one_step(calls: &Calls, job: &AgentJob, step: Step<'_>, log: &mut JobLog) -> StepEnd {
+    let Step {
+        index,
+        spec,
+        workspace,
+        script_dir,
+        confirm_start,
+    } = step;
     let total = job.steps.len();
     let step_index = u32::try_from(index).unwrap_or(u32::MAX);
-    report_step(calls, &job.job_id, index, StepState::Running, None).await;
-    log.system(
-        step_index,
-        &format!("▶ step {}/{}: {}", index + 1, total, spec.name),
-    )
-    .await;
+    let announced = log
+        .step(
+            step_index,
+            &format!("▶ step {}/{}: {}", index + 1, total, spec.name),
+            StepState::Running,
+            None,
+        )
+        .await;
+    if confirm_start && !calls.stop.lease_lost() {
+        tokio::select! {
+            stored = log.stored(announced, START_CONFIRM_TIMEOUT) => if !stored {
+                tracing::warn!(job_id = %job.job_id, waited = %seconds(START_CONFIRM_TIMEOUT), "the server has not confirmed the job's start; running the step anyway");
+            },
+            _ = calls.stop.wait() => {}
+        }
+    }
     let timeout = spec
         .timeout
         .as_ref()
@@ -372,37 +402,34 @@ async fn run_one_step(
         env: step_env(job, spec, workspace),
         timeout,
     };
-    let end = match run_step(&command, log, &calls.stop).await {
+    let (end, last_line) = match run_step(&command, log, &calls.stop).await {
         Ok(outcome) => {
-            log.system(
-                step_index,
-                &format!(
-                    "step {} exited with code {} ({})",
-                    spec.name,
-                    outcome.exit_code,
-                    seconds(outcome.elapsed)
-                ),
-            )
-            .await;
+            let exited = format!(
+                "step {} exited with code {} ({})",
+                spec.name,
+                outcome.exit_code,
+                seconds(outcome.elapsed)
+            );
             let stopped = if outcome.interrupted {
                 calls.stop.get()
             } else {
                 None
             };
-            match stopped {
+            let exit_code = Some(outcome.exit_code);
+            let end = match stopped {
                 Some(Stop::Canceled(reason)) => StepEnd {
                     state: StepState::Canceled,
-                    exit_code: Some(outcome.exit_code),
+                    exit_code,
                     problem: Some(reason),
                 },
                 Some(stop) => StepEnd {
                     state: StepState::Failed,
-                    exit_code: Some(outcome.exit_code),
+                    exit_code,
                     problem: Some(stop.describe()),
                 },
                 None if outcome.timed_out => StepEnd {
                     state: StepState::Failed,
-                    exit_code: Some(outcome.exit_code),
+                    exit_code,
                     problem: Some(format!(
                         "step {} timed out after {}",
                         spec.name,
@@ -411,7 +438,7 @@ async fn run_one_step(
                 },
                 None if outcome.exit_code != 0 => StepEnd {
                     state: StepState::Failed,
-                    exit_code: Some(outcome.exit_code),
+                    exit_code,
                     problem: Some(format!(
                         "step {} failed with exit code {}",
                         spec.name, outcome.exit_code
@@ -419,23 +446,25 @@ async fn run_one_step(
                 },
                 None => StepEnd {
                     state: StepState::Succeeded,
-                    exit_code: Some(outcome.exit_code),
+                    exit_code,
                     problem: None,
                 },
-            }
+            };
+            (end, exited)
         }
         Err(error) => {
             let message = format!("step {} could not start: {error:#}", spec.name);
-            log.system(step_index, &message).await;
-            StepEnd {
+            let end = StepEnd {
                 state: StepState::Failed,
                 exit_code: None,
-                problem: Some(message),
-            }
+                problem: Some(message.clone()),
+            };
+            (end, message)
         }
     };
+    log.step(step_index, &last_line, end.state, end.exit_code)
+        .await;
     tracing::info!(job_id = %job.job_id, step = index + 1, name = %log.mask(&spec.name), exit_code = end.exit_code, state = end.state.as_str_name(), "step finished");
-    report_step(calls, &job.job_id, index, end.state, end.exit_code).await;
     end
 }
 
@@ -534,42 +563,21 @@ async fn fetch_source(
 }
 
 /// Reports every step skipped (the job could not start).
-async fn skip_all(calls: &Calls, job: &AgentJob, log: &mut JobLog) {
+async fn skip_all(job: &AgentJob, log: &mut JobLog) {
     for (index, spec) in job.steps.iter().enumerate() {
-        let step_index = u32::try_from(index).unwrap_or(u32::MAX);
-        log.system(step_index, &format!("step {} skipped", spec.name))
-            .await;
-        report_step(calls, &job.job_id, index, StepState::Skipped, None).await;
+        skip(log, u32::try_from(index).unwrap_or(u32::MAX), &spec.name).await;
     }
 }
 
-async fn report_step(
-    calls: &Calls,
-    job_id: &str,
-    index: usize,
-    state: StepState,
-    exit_code: Option<i32>,
-) {
-    if calls.stop.lease_lost() {
-        // The job is not ours any more: nothing to report.
-        return;
-    }
-    let request = ReportStepRequest {
-        job_id: job_id.to_owned(),
-        index: u32::try_from(index).unwrap_or(u32::MAX),
-        state: state as i32,
-        exit_code,
-        time: Some(ferry_proto::time::now()),
-    };
-    let result = with_retries("ReportStep", 3, || {
-        let mut jobs = calls.jobs.clone();
-        let request = request.clone();
-        async move { jobs.report_step(request).await }
-    })
+/// Reports a step skipped, on its log line.
+async fn skip(log: &mut JobLog, step_index: u32, name: &str) {
+    log.step(
+        step_index,
+        &format!("step {name} skipped"),
+        StepState::Skipped,
+        None,
+    )
     .await;
-    if let Err(status) = result {
-        tracing::warn!(job_id = %job_id, step = index + 1, state = state.as_str_name(), error = %describe(&status), "cannot report the step");
-    }
 }
 
 /// Completes the job; returns whether the server took it.

@@ -1,9 +1,12 @@
 //! A job's log as the steps write it: masked, sequenced, timestamped lines
 //! handed to the uploader.
 
-use ferry_proto::v1::{LogLine, LogStream};
-use tokio::sync::mpsc;
+use std::time::Duration;
 
+use ferry_proto::v1::{LogLine, LogStream, StepState, StepUpdate};
+use tokio::sync::{mpsc, watch};
+
+use crate::logs::LogSender;
 use crate::masking::{ADD_MASK_COMMAND, MASK, Masker, add_mask_value};
 
 /// Masks every line, numbers it (from 1, gap-free across the whole job) and
@@ -15,6 +18,8 @@ pub struct JobLog {
     masker: Masker,
     next_sequence: u64,
     sender: mpsc::Sender<LogLine>,
+    /// The server's acknowledgements, when the lines go to an uploader.
+    stored: Option<watch::Receiver<u64>>,
 }
 
 impl JobLog {
@@ -24,6 +29,16 @@ impl JobLog {
             masker,
             next_sequence: 1,
             sender,
+            stored: None,
+        }
+    }
+
+    /// A log whose lines go to the uploader behind `sender`, which also
+    /// says how far the server has stored them.
+    pub fn uploading(masker: Masker, sender: LogSender) -> JobLog {
+        JobLog {
+            stored: Some(sender.stored),
+            ..JobLog::new(masker, sender.lines)
         }
     }
 
@@ -40,7 +55,39 @@ impl JobLog {
     /// A line from the agent itself.
     pub async fn system(&mut self, step_index: u32, text: &str) {
         let text = self.masker.mask(text).into_owned();
-        self.send(step_index, LogStream::System, text).await;
+        self.send(step_index, LogStream::System, text, None).await;
+    }
+
+    /// A line from the agent that also reports step `step_index`'s new
+    /// state: the server records the state when it stores the line. Returns
+    /// the line's sequence.
+    pub async fn step(
+        &mut self,
+        step_index: u32,
+        text: &str,
+        state: StepState,
+        exit_code: Option<i32>,
+    ) -> u64 {
+        let text = self.masker.mask(text).into_owned();
+        let update = StepUpdate {
+            state: state.into(),
+            exit_code,
+        };
+        self.send(step_index, LogStream::System, text, Some(update))
+            .await
+    }
+
+    /// Waits up to `timeout` until the server has stored every line up to
+    /// `sequence`; returns whether it has. Always false for a log that does
+    /// not go to an uploader.
+    pub async fn stored(&mut self, sequence: u64, timeout: Duration) -> bool {
+        let Some(stored) = self.stored.as_mut() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(timeout, stored.wait_for(|acked| *acked >= sequence)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// A line a step printed. On stdout, `::add-mask::VALUE` adds a value to
@@ -50,29 +97,41 @@ impl JobLog {
             && let Some(value) = add_mask_value(text)
         {
             self.masker.add(value);
-            self.send(step_index, stream, format!("{ADD_MASK_COMMAND}{MASK}"))
-                .await;
+            self.send(
+                step_index,
+                stream,
+                format!("{ADD_MASK_COMMAND}{MASK}"),
+                None,
+            )
+            .await;
             return;
         }
         let text = self.masker.mask(text).into_owned();
-        self.send(step_index, stream, text).await;
+        self.send(step_index, stream, text, None).await;
     }
 
-    async fn send(&mut self, step_index: u32, stream: LogStream, text: String) {
+    /// Sends a line; returns its sequence.
+    async fn send(
+        &mut self,
+        step_index: u32,
+        stream: LogStream,
+        text: String,
+        step_update: Option<StepUpdate>,
+    ) -> u64 {
+        let sequence = self.next_sequence;
         let line = LogLine {
-            sequence: self.next_sequence,
+            sequence,
             step_index,
             time: Some(ferry_proto::time::now()),
             stream: stream as i32,
             text,
+            step_update,
         };
         self.next_sequence += 1;
         if self.sender.send(line).await.is_err() {
-            tracing::debug!(
-                sequence = self.next_sequence - 1,
-                "the log uploader is gone; line not sent"
-            );
+            tracing::debug!(sequence, "the log uploader is gone; line not sent");
         }
+        sequence
     }
 }
 

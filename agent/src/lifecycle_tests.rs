@@ -119,6 +119,52 @@ fn assert_gap_free(fake: &Fake, job_id: &str) {
 }
 
 #[tokio::test]
+async fn the_first_step_runs_only_once_the_server_stored_its_start() {
+    let (fake, temp, dir) = configured_agent().await;
+    let marker = temp.path().join("ran");
+    fake.state().refuse_streams = true;
+    fake.queue(job(
+        JOB_A,
+        JOB_TOKEN,
+        vec![
+            step("first", &format!("touch {}", marker.display())),
+            step("second", "echo second"),
+        ],
+    ));
+    let (_shutdown, task) = spawn_agent(&dir, &["--once"]);
+    wait_for("a refused log stream", Duration::from_secs(10), || {
+        fake.state().refused_streams >= 1
+    })
+    .await;
+    // The server knows nothing of the start yet: the step waits (had the
+    // agent died now, the server could hand the job to another agent).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!marker.exists(), "the step ran before its start was stored");
+    assert!(fake.state().reports.is_empty());
+
+    fake.state().refuse_streams = false;
+    finish(task, Duration::from_secs(20)).await;
+    assert!(marker.exists());
+    let reported = reports(&fake, JOB_A);
+    assert_eq!(
+        reported,
+        [
+            (0, StepState::Running as i32, None),
+            (0, StepState::Succeeded as i32, Some(0)),
+            (1, StepState::Running as i32, None),
+            (1, StepState::Succeeded as i32, Some(0)),
+        ]
+    );
+    let lines = fake.lines_of(JOB_A);
+    assert_eq!(
+        lines[0].step_update.map(|update| update.state),
+        Some(StepState::Running as i32),
+        "the step's first line carries its start"
+    );
+    assert_eq!(fake.state().completions.len(), 1);
+}
+
+#[tokio::test]
 async fn lease_renewals_switch_every_later_call_to_the_new_token() {
     let (fake, _temp, dir) = configured_agent().await;
     let mut renewed = job(

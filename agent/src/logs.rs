@@ -15,7 +15,7 @@ use std::time::Duration;
 use ferry_client::Authorized;
 use ferry_proto::v1::log_service_client::LogServiceClient;
 use ferry_proto::v1::{LogLine, StreamLogsRequest, StreamLogsResponse};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
@@ -75,17 +75,30 @@ impl Default for Options {
     }
 }
 
+/// Where a job's lines go, and how far the server has stored them.
+#[derive(Debug)]
+pub struct LogSender {
+    /// Takes the lines, in sequence order.
+    pub lines: mpsc::Sender<LogLine>,
+    /// The server's cumulative acknowledgement: every line up to it is
+    /// stored.
+    pub stored: watch::Receiver<u64>,
+}
+
 /// Starts the uploader of `job_id`. Lines go into the returned sender;
-/// dropping every sender closes the log, after which the task waits up to
+/// dropping it closes the log, after which the task waits up to
 /// `final_timeout` for the acknowledgements, removes the spool file and
 /// returns its summary. A `cancel_requested` from the server sets `stop`.
+/// A line that carries a step update is sent at once, with whatever waits
+/// before it.
 pub fn start(
     client: LogServiceClient<Authorized>,
     job_id: String,
     options: Options,
     stop: StopSignal,
-) -> (mpsc::Sender<LogLine>, JoinHandle<UploadSummary>) {
+) -> (LogSender, JoinHandle<UploadSummary>) {
     let (sender, lines) = mpsc::channel(CHANNEL_CAPACITY);
+    let (stored_sender, stored) = watch::channel(0);
     let spool = options
         .spool_dir
         .as_ref()
@@ -103,6 +116,7 @@ pub fn start(
         backlog: Backlog::new(options.memory_lines.max(1), spool),
         sent: 0,
         acked: 0,
+        stored: stored_sender,
         total: 0,
         closing: false,
         deadline: None,
@@ -110,6 +124,10 @@ pub fn start(
         oldest_unsent: None,
         flush_now: false,
         stop,
+    };
+    let sender = LogSender {
+        lines: sender,
+        stored,
     };
     (sender, tokio::spawn(uploader.run().in_current_span()))
 }
@@ -257,6 +275,8 @@ struct Uploader {
     /// How many lines of the window were sent on the current stream.
     sent: usize,
     acked: u64,
+    /// Publishes `acked`.
+    stored: watch::Sender<u64>,
     total: u64,
     closing: bool,
     deadline: Option<Instant>,
@@ -316,6 +336,10 @@ impl Uploader {
 
     fn push(&mut self, line: LogLine) {
         self.total += 1;
+        if line.step_update.is_some() {
+            // The server learns of a step's start or end without delay.
+            self.flush_now = true;
+        }
         let window_before = self.backlog.window.len();
         self.backlog.push(&self.job_id, line);
         if self.backlog.window.len() > window_before && self.oldest_unsent.is_none() {
@@ -464,6 +488,7 @@ impl Uploader {
             return;
         }
         self.acked = acked_sequence;
+        self.stored.send_replace(acked_sequence);
         let dropped = self.backlog.acknowledge(&self.job_id, acked_sequence);
         self.sent = self.sent.saturating_sub(dropped);
         if self.sent < self.backlog.window.len() {

@@ -24,6 +24,7 @@ fn line(sequence: u64) -> LogLine {
         time: Some(ferry_proto::time::now()),
         stream: LogStream::Stdout as i32,
         text: format!("line {sequence}"),
+        step_update: None,
     }
 }
 
@@ -38,7 +39,7 @@ fn options(final_timeout: Duration, spool_dir: Option<&Path>, memory_lines: usiz
 async fn upload(url: &str, count: u64, options: Options) -> UploadSummary {
     let (sender, task) = start(client(url), "job-1".into(), options, StopSignal::new());
     for sequence in 1..=count {
-        sender.send(line(sequence)).await.expect("send");
+        sender.lines.send(line(sequence)).await.expect("send");
     }
     drop(sender);
     tokio::time::timeout(Duration::from_secs(60), task)
@@ -162,7 +163,7 @@ async fn the_stream_is_held_open_without_lines_and_carries_cancellation() {
         crate::stop::Stop::Canceled("the job was canceled on the server".into())
     );
     assert!(canceled_at.elapsed() < Duration::from_secs(1));
-    sender.send(line(1)).await.expect("send");
+    sender.lines.send(line(1)).await.expect("send");
     drop(sender);
     let summary = task.await.expect("task");
     assert_eq!(summary.acked, 1);
@@ -182,7 +183,7 @@ async fn without_a_spool_a_server_that_never_acknowledges_holds_the_writers_back
     let counter = written.clone();
     let writer = tokio::spawn(async move {
         for sequence in 1..=(memory + CHANNEL_CAPACITY + 100) as u64 {
-            if sender.send(line(sequence)).await.is_err() {
+            if sender.lines.send(line(sequence)).await.is_err() {
                 return;
             }
             counter.store(sequence, std::sync::atomic::Ordering::SeqCst);
@@ -215,7 +216,7 @@ async fn the_spool_takes_lines_while_the_server_refuses_streams_and_is_removed_a
     // Far more lines than the memory bound: none of them waits.
     tokio::time::timeout(Duration::from_secs(5), async {
         for sequence in 1..=count {
-            sender.send(line(sequence)).await.expect("send");
+            sender.lines.send(line(sequence)).await.expect("send");
         }
     })
     .await

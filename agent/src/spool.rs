@@ -291,6 +291,7 @@ mod tests {
             time: Some(ferry_proto::time::now()),
             stream: LogStream::Stdout as i32,
             text: text.into(),
+            step_update: None,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct State {
     /// (method, authorization header or "").
     pub authorizations: Vec<(&'static str, String)>,
     pub queue: VecDeque<AgentJob>,
+    /// Step reports: ReportStep calls, and the step updates of stored
+    /// log lines.
     pub reports: Vec<ReportStepRequest>,
     pub completions: Vec<CompleteJobRequest>,
     /// Stored log lines, deduplicated by sequence.
@@ -203,6 +205,16 @@ impl Fake {
         for line in lines {
             if line.sequence == next {
                 next += 1;
+                if let Some(update) = &line.step_update {
+                    // Recorded as the server records it: once, with the line.
+                    state.reports.push(ReportStepRequest {
+                        job_id: job_id.to_owned(),
+                        index: line.step_index,
+                        state: update.state,
+                        exit_code: update.exit_code,
+                        time: line.time,
+                    });
+                }
                 state.lines.push(line.clone());
                 state
                     .job_lines

@@ -10,7 +10,7 @@ use ferry_proto::v1::{
     AgentJob, CompleteJobRequest, CreateAdministratorRequest, GetJobRequest,
     GetListenerTokenRequest, JobResult, JobSpec, ListenerToken, LogLine, PollJobRequest,
     QueueJobRequest, RegisterRequest, ReportStepRequest, SealedEnvelope, StepSpec, StepState,
-    StreamLogsRequest,
+    StepUpdate, StreamLogsRequest,
 };
 use prost::Message;
 use tonic::Code;
@@ -318,6 +318,61 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
         acks.message().await.expect_err("a gap").code(),
         Code::FailedPrecondition
     );
+    // A step update on a line must name a step of the job and a state a
+    // step can move to; a refused line is not stored.
+    let reporting = |index: u32, state: StepState, exit_code: Option<i32>| StreamLogsRequest {
+        job_id: job_a.clone(),
+        lines: vec![LogLine {
+            step_index: index,
+            step_update: Some(StepUpdate {
+                state: state.into(),
+                exit_code,
+            }),
+            ..line(3)
+        }],
+    };
+    for (bad, why) in [
+        (reporting(7, StepState::Succeeded, Some(0)), "no such step"),
+        (
+            reporting(0, StepState::Pending, None),
+            "not a state to move to",
+        ),
+        (reporting(0, StepState::Succeeded, None), "no exit code"),
+    ] {
+        let mut acks = logs
+            .stream_logs(futures::stream::iter(vec![bad]))
+            .await?
+            .into_inner();
+        assert_eq!(
+            acks.message().await.expect_err(why).code(),
+            Code::InvalidArgument,
+            "{why}"
+        );
+    }
+    let mut acks = logs
+        .stream_logs(futures::stream::iter(vec![reporting(
+            0,
+            StepState::Succeeded,
+            Some(0),
+        )]))
+        .await?
+        .into_inner();
+    assert_eq!(acks.message().await?.map(|ack| ack.acked_sequence), Some(3));
+    let stored = ferry_client::jobs(channel.clone(), server.owner())
+        .get_job(GetJobRequest {
+            job_id: job_a.clone(),
+        })
+        .await?
+        .into_inner()
+        .job
+        .context("job")?;
+    assert_eq!(
+        stored.log_line_count, 3,
+        "the refused lines were not stored"
+    );
+    assert_eq!(stored.steps[0].state, i32::from(StepState::Succeeded));
+    assert_eq!(stored.steps[0].exit_code, Some(0));
+
     let other_job = StreamLogsRequest {
         job_id: job_b.clone(),
         lines: vec![line(1)],
@@ -348,7 +403,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
     );
     let late = StreamLogsRequest {
         job_id: job_a.clone(),
-        lines: vec![line(3)],
+        lines: vec![line(4)],
     };
     assert_eq!(
         code(logs.stream_logs(futures::stream::iter(vec![late])).await),

@@ -211,6 +211,7 @@ mod tests {
             time: Some(timestamp_from_micros(1_700_000_000_123_456)),
             stream: stream as i32,
             text: text.to_owned(),
+            step_update: None,
         }
     }
 

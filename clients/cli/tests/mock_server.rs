@@ -80,6 +80,7 @@ fn line(sequence: u64, step_index: u32, stream: LogStream, text: &str) -> LogLin
         )),
         stream: stream as i32,
         text: text.to_owned(),
+        step_update: None,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Store values in their wire form, shared by the services that answer
 //! with them.
 
-use ferry_proto::v1::{JobState, TestSummary};
+use ferry_proto::time::micros_from_timestamp;
+use ferry_proto::v1::{JobState, StepState, TestSummary};
+
+use crate::{Error, Result};
 
 /// The wire form of a job state.
 pub fn job_state(state: ferry_store::JobState) -> JobState {
@@ -37,4 +40,42 @@ pub fn test_summary(summary: ferry_store::TestSummary) -> TestSummary {
         failed_tests: summary.failed_tests,
         files: summary.files,
     }
+}
+
+/// A step report from the agent holding a job (`ReportStep`, or a log
+/// line's `step_update`), checked: the state must be one a step can move to,
+/// and a step that succeeded needs its exit code (one that failed may have
+/// none: it could not start). It happened at
+/// `time` by the agent's clock, or `now` when unset or later.
+pub fn step_report(
+    index: u32,
+    state: i32,
+    exit_code: Option<i32>,
+    time: Option<&prost_types::Timestamp>,
+    now: i64,
+) -> Result<ferry_store::StepReport> {
+    let state = match StepState::try_from(state).unwrap_or_default() {
+        StepState::Running => ferry_store::StepState::Running,
+        StepState::Succeeded => ferry_store::StepState::Succeeded,
+        StepState::Failed => ferry_store::StepState::Failed,
+        StepState::Skipped => ferry_store::StepState::Skipped,
+        StepState::Canceled => ferry_store::StepState::Canceled,
+        StepState::Pending | StepState::Unspecified => {
+            return Err(Error::InvalidArgument(
+                "a step's state must be running, succeeded, failed, skipped or canceled".to_owned(),
+            ));
+        }
+    };
+    if exit_code.is_none() && state == ferry_store::StepState::Succeeded {
+        return Err(Error::InvalidArgument(
+            "a step that succeeded needs its exit_code".to_owned(),
+        ));
+    }
+    let at = time.map_or(now, |time| micros_from_timestamp(time).min(now));
+    Ok(ferry_store::StepReport {
+        index,
+        state,
+        exit_code,
+        at,
+    })
 }

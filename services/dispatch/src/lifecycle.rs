@@ -10,9 +10,9 @@ use ferry_envelope::PublicKey;
 use ferry_proto::time::{now_micros, timestamp_from_micros};
 use ferry_proto::v1::{
     AgentJobToken, CancelJobRequest, CancelJobResponse, CompleteJobRequest, CompleteJobResponse,
-    JobResult, JobState, RenewLeaseResponse, ReportStepRequest, StepState,
+    JobResult, JobState, RenewLeaseResponse, ReportStepRequest,
 };
-use ferry_service::{Error, Event, Result, sealed, validate};
+use ferry_service::{Error, Event, Result, sealed, validate, wire};
 use ferry_store::{CancelOutcome, Holder, ReapOutcome, Reaped};
 use prost::Message;
 
@@ -51,21 +51,6 @@ fn lost_lease(error: ferry_store::Error) -> Error {
     }
 }
 
-fn step_state(state: StepState) -> Result<ferry_store::StepState> {
-    Ok(match state {
-        StepState::Running => ferry_store::StepState::Running,
-        StepState::Succeeded => ferry_store::StepState::Succeeded,
-        StepState::Failed => ferry_store::StepState::Failed,
-        StepState::Skipped => ferry_store::StepState::Skipped,
-        StepState::Canceled => ferry_store::StepState::Canceled,
-        StepState::Pending | StepState::Unspecified => {
-            return Err(Error::InvalidArgument(
-                "state must be running, succeeded, failed, skipped or canceled".to_owned(),
-            ));
-        }
-    })
-}
-
 impl Dispatcher {
     /// Records a step's progress reported by the agent running the job.
     pub async fn report_step(
@@ -74,24 +59,21 @@ impl Dispatcher {
         request: ReportStepRequest,
     ) -> Result<()> {
         require_job(caller, &request.job_id)?;
-        let state = step_state(StepState::try_from(request.state).unwrap_or_default())?;
-        if state != ferry_store::StepState::Running
-            && request.exit_code.is_none()
-            && state != ferry_store::StepState::Skipped
-            && state != ferry_store::StepState::Canceled
-        {
-            return Err(Error::InvalidArgument(
-                "a finished step needs its exit_code".to_owned(),
-            ));
-        }
+        let report = wire::step_report(
+            request.index,
+            request.state,
+            request.exit_code,
+            request.time.as_ref(),
+            now_micros(),
+        )?;
         self.store()
             .update_step(
                 &request.job_id,
                 holder(caller),
-                request.index,
-                state,
-                request.exit_code,
-                now_micros(),
+                report.index,
+                report.state,
+                report.exit_code,
+                report.at,
             )
             .await
             .map_err(lost_lease)?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ferry_auth::{AdministratorIdentity, JobIdentity};
 use ferry_proto::v1::{FollowLogsResponse, JobState, LogLine};
-use ferry_service::{Error, Event, Events, Result, validate};
+use ferry_service::{Error, Event, Events, Result, validate, wire};
 use ferry_store::Store;
 use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
@@ -66,6 +66,7 @@ struct Append {
     lines: u64,
     bytes: u64,
     blob: Vec<u8>,
+    steps: Vec<ferry_store::StepReport>,
     done: oneshot::Sender<Result<u64>>,
 }
 
@@ -87,6 +88,10 @@ pub struct Ingest {
     job_id: Arc<str>,
     agent_id: Arc<str>,
     attempt: u32,
+    /// How many steps the job has (step updates must name one).
+    steps: u32,
+    /// Whether the token may report steps (`job:status`).
+    reports_steps: bool,
     /// The last line handed to the writer.
     sent: u64,
     /// The last line the store acknowledged.
@@ -187,6 +192,10 @@ impl Logs {
             job_id: job_id.into(),
             agent_id: caller.agent_id.as_str().into(),
             attempt: caller.attempt,
+            steps: job.steps,
+            reports_steps: caller
+                .require_scope(ferry_auth::token::scope::JOB_STATUS)
+                .is_ok(),
             sent: job.log_sequence,
             acked: job.log_sequence,
             cancel_requested: job.cancel_requested,
@@ -256,6 +265,7 @@ impl Ingest {
             }
         }
         lines.retain(|line| line.sequence > self.sent);
+        let steps = self.step_reports(&lines)?;
         let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
             // empty, or only lines already handed over
             return Ok(Stored {
@@ -281,6 +291,7 @@ impl Ingest {
             lines: lines.len() as u64,
             bytes: bytes as u64,
             blob: StoredLines { lines }.encode_to_vec(),
+            steps,
             done,
         };
         self.logs
@@ -293,6 +304,37 @@ impl Ingest {
             answer: StoredInner::Pending(answer),
             bytes,
         })
+    }
+}
+
+impl Ingest {
+    /// The step reports `lines` carry, checked, in line order.
+    fn step_reports(&self, lines: &[LogLine]) -> Result<Vec<ferry_store::StepReport>> {
+        let now = ferry_proto::time::now_micros();
+        lines
+            .iter()
+            .filter_map(|line| line.step_update.as_ref().map(|update| (line, update)))
+            .map(|(line, update)| {
+                if !self.reports_steps {
+                    return Err(Error::PermissionDenied(
+                        "the token may not report steps (it lacks the job:status scope)".to_owned(),
+                    ));
+                }
+                if line.step_index >= self.steps {
+                    return Err(Error::InvalidArgument(format!(
+                        "line {} reports step {} but the job has {} steps",
+                        line.sequence, line.step_index, self.steps
+                    )));
+                }
+                wire::step_report(
+                    line.step_index,
+                    update.state,
+                    update.exit_code,
+                    line.time.as_ref(),
+                    now,
+                )
+            })
+            .collect()
     }
 }
 
@@ -314,6 +356,7 @@ async fn write_groups(store: Store, events: Events, mut queue: mpsc::Receiver<Ap
                 first: append.first,
                 last: append.last,
                 lines: std::mem::take(&mut append.blob),
+                steps: std::mem::take(&mut append.steps),
             })
             .collect();
         let answers: Vec<Result<u64>> = match store.append_log_batches(batches).await {

@@ -173,8 +173,12 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
+        // Rows are locked in one order, by id, whoever writes: two replicas'
+        // batches on PostgreSQL then never wait on each other (a deadlock).
+        let mut ordered: Vec<&AgentSeen> = seen.iter().collect();
+        ordered.sort_unstable_by(|one, other| one.id.cmp(&other.id));
         let txn = self.begin_write().await?;
-        for agent in seen {
+        for agent in ordered {
             agent::Entity::update_many()
                 .col_expr(agent::Column::Status, Expr::value(agent.status.as_str()))
                 .col_expr(

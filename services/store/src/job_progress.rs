@@ -6,13 +6,13 @@
 //! between the check and the writes that follow.
 
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, UpdateMany};
 
 use crate::entity::{job, job_step};
 use crate::error::{Error, Result};
 use crate::hold::{close_steps, held_by, hold_job, not_held};
 use crate::store::Store;
-use crate::types::{Holder, JobState, StepState};
+use crate::types::{Holder, JobState, StepReport, StepState};
 
 impl Store {
     /// Records step progress from the agent holding the job. The job must
@@ -21,7 +21,8 @@ impl Store {
     ///
     /// `Running` sets the step's `started_at` (first report wins) and moves
     /// an `Assigned` job to `Running` with `started_at = now`. Final step
-    /// states set `finished_at` and `exit_code`.
+    /// states set `finished_at` and `exit_code`. (Reports carried by log
+    /// lines are recorded the same way by `append_log_batches`.)
     pub async fn update_step(
         &self,
         job_id: &str,
@@ -31,27 +32,16 @@ impl Store {
         exit_code: Option<i32>,
         now: i64,
     ) -> Result<()> {
-        let idx = i32::try_from(index).map_err(|_| Error::NotFound("job step".to_owned()))?;
+        let reports = [StepReport {
+            index,
+            state,
+            exit_code,
+            at: now,
+        }];
         let txn = self.begin_write().await?;
         if state == StepState::Running {
-            // The guard and the move to `Running` in one statement: an
-            // `Assigned` job starts now, a `Running` one stays as it is.
-            let assigned = Expr::col(job::Column::State).eq(JobState::Assigned.as_str());
-            let held = job::Entity::update_many()
-                .col_expr(
-                    job::Column::State,
-                    CaseStatement::new()
-                        .case(assigned.clone(), Expr::value(JobState::Running.as_str()))
-                        .finally(Expr::col(job::Column::State))
-                        .into(),
-                )
-                .col_expr(
-                    job::Column::StartedAt,
-                    CaseStatement::new()
-                        .case(assigned, Expr::value(Some(now)))
-                        .finally(Expr::col(job::Column::StartedAt))
-                        .into(),
-                )
+            // The guard and the move to `Running` in one statement.
+            let held = start_job(job::Entity::update_many(), &reports)
                 .filter(held_by(job_id, holder))
                 .exec(&txn)
                 .await?;
@@ -61,27 +51,7 @@ impl Store {
         } else {
             hold_job(&txn, job_id, holder).await?;
         }
-
-        let mut update = job_step::Entity::update_many()
-            .col_expr(job_step::Column::State, Expr::value(state.as_str()));
-        if state == StepState::Running {
-            update = update.col_expr(
-                job_step::Column::StartedAt,
-                Func::coalesce([Expr::col(job_step::Column::StartedAt), Expr::value(now)]).into(),
-            );
-        } else if state.is_terminal() {
-            update = update
-                .col_expr(job_step::Column::FinishedAt, Expr::value(Some(now)))
-                .col_expr(job_step::Column::ExitCode, Expr::value(exit_code));
-        }
-        let updated = update
-            .filter(job_step::Column::JobId.eq(job_id))
-            .filter(job_step::Column::Idx.eq(idx))
-            .exec(&txn)
-            .await?;
-        if updated.rows_affected == 0 {
-            return Err(Error::NotFound("job step".to_owned()));
-        }
+        write_steps(&txn, job_id, &reports).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -139,4 +109,107 @@ impl Store {
         txn.commit().await?;
         Ok(())
     }
+}
+
+/// Adds to an `UPDATE jobs` what `reports` say of the job itself: the first
+/// `Running` report starts an `Assigned` job at its time (a `Running` job
+/// stays as it is). Unchanged when no report is `Running`.
+pub(crate) fn start_job(
+    update: UpdateMany<job::Entity>,
+    reports: &[StepReport],
+) -> UpdateMany<job::Entity> {
+    let Some(started) = reports
+        .iter()
+        .find(|report| report.state == StepState::Running)
+    else {
+        return update;
+    };
+    let assigned = Expr::col(job::Column::State).eq(JobState::Assigned.as_str());
+    update
+        .col_expr(
+            job::Column::State,
+            CaseStatement::new()
+                .case(assigned.clone(), Expr::value(JobState::Running.as_str()))
+                .finally(Expr::col(job::Column::State))
+                .into(),
+        )
+        .col_expr(
+            job::Column::StartedAt,
+            CaseStatement::new()
+                .case(assigned, Expr::value(Some(started.at)))
+                .finally(Expr::col(job::Column::StartedAt))
+                .into(),
+        )
+}
+
+/// What a run of reports leaves on one step.
+struct StepChange {
+    index: u32,
+    state: StepState,
+    started_at: Option<i64>,
+    finished: Option<(i64, Option<i32>)>,
+}
+
+/// Records `reports`, in order, on the job's steps: one statement per step
+/// they name (a step that started and ended in the same run of reports is
+/// written once). `Running` sets `started_at` (the first report wins),
+/// final states `finished_at` and `exit_code`. `NotFound` when a step does
+/// not exist. The caller holds the job's row.
+pub(crate) async fn write_steps(
+    txn: &impl ConnectionTrait,
+    job_id: &str,
+    reports: &[StepReport],
+) -> Result<()> {
+    let mut changes: Vec<StepChange> = Vec::new();
+    for report in reports {
+        let position = match changes
+            .iter()
+            .position(|change| change.index == report.index)
+        {
+            Some(position) => position,
+            None => {
+                changes.push(StepChange {
+                    index: report.index,
+                    state: report.state,
+                    started_at: None,
+                    finished: None,
+                });
+                changes.len() - 1
+            }
+        };
+        let change = &mut changes[position];
+        change.state = report.state;
+        if report.state == StepState::Running {
+            change.started_at.get_or_insert(report.at);
+            change.finished = None;
+        } else if report.state.is_terminal() {
+            change.finished = Some((report.at, report.exit_code));
+        }
+    }
+    for change in changes {
+        let idx =
+            i32::try_from(change.index).map_err(|_| Error::NotFound("job step".to_owned()))?;
+        let mut update = job_step::Entity::update_many()
+            .col_expr(job_step::Column::State, Expr::value(change.state.as_str()));
+        if let Some(at) = change.started_at {
+            update = update.col_expr(
+                job_step::Column::StartedAt,
+                Func::coalesce([Expr::col(job_step::Column::StartedAt), Expr::value(at)]).into(),
+            );
+        }
+        if let Some((at, exit_code)) = change.finished {
+            update = update
+                .col_expr(job_step::Column::FinishedAt, Expr::value(Some(at)))
+                .col_expr(job_step::Column::ExitCode, Expr::value(exit_code));
+        }
+        let updated = update
+            .filter(job_step::Column::JobId.eq(job_id))
+            .filter(job_step::Column::Idx.eq(idx))
+            .exec(txn)
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(Error::NotFound("job step".to_owned()));
+        }
+    }
+    Ok(())
 }

@@ -44,5 +44,6 @@ pub use store::Store;
 pub use types::{
     Administrator, Agent, AgentSeen, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobFilter,
     JobState, JobStep, LeaseRenewal, LogBatch, LogHolder, NewAgent, NewJob, NewLogBatch,
-    ParseStateError, Pool, ReapOutcome, Reaped, Source, StepState, TestSummary, demands_met,
+    ParseStateError, Pool, ReapOutcome, Reaped, Source, StepReport, StepState, TestSummary,
+    demands_met,
 };

@@ -1,15 +1,16 @@
 //! Job logs: a gap-free sequence of lines `1..=n`, stored as batches of
 //! lines the caller has already encoded into one blob.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use crate::entity::{job, log_batch};
+use crate::entity::{job, job_step, log_batch};
 use crate::error::{Error, Result};
 use crate::hold::{held_by, holding};
+use crate::job_progress::{start_job, write_steps};
 use crate::store::{Store, parse_state, to_i64, to_u32, to_u64};
 use crate::types::{Holder, LogBatch, LogHolder, NewLogBatch};
 use crate::writer::Write;
@@ -46,6 +47,7 @@ impl Store {
             first,
             last,
             lines,
+            steps: Vec::new(),
         };
         self.append_log_batches(vec![batch])
             .await?
@@ -57,7 +59,11 @@ impl Store {
     /// group commit: the log service gathers the batches that arrive while
     /// the previous group commits. Each batch gets the answer
     /// [`Store::append_log_batch`] would give it, in order; batches of one
-    /// job apply in the order given. The outer error is the transaction's.
+    /// job apply in the order given. A batch's step reports are recorded
+    /// with its lines, as [`Store::update_step`] records them, and only
+    /// when its lines are new. The outer error is the transaction's, and a
+    /// report naming a step the job does not have (`NotFound`: callers
+    /// check reports against [`LogHolder::steps`] first).
     pub async fn append_log_batches(
         &self,
         batches: Vec<NewLogBatch<'_>>,
@@ -80,8 +86,13 @@ impl Store {
     /// Who holds the job and the last log line stored for it; `None` when
     /// there is no such job.
     pub async fn log_holder(&self, job_id: &str) -> Result<Option<LogHolder>> {
-        // state, agent id, attempt, log sequence, cancel requested at
-        type Row = (String, Option<String>, i32, i64, Option<i64>);
+        // state, agent id, attempt, log sequence, cancel requested at, steps
+        type Row = (String, Option<String>, i32, i64, Option<i64>, i64);
+        let steps = Query::select()
+            .expr(Expr::col(job_step::Column::Idx).count())
+            .from(job_step::Entity)
+            .and_where(Expr::col(job_step::Column::JobId).eq(job_id))
+            .to_owned();
         let row: Option<Row> = job::Entity::find_by_id(job_id.to_owned())
             .select_only()
             .column(job::Column::State)
@@ -89,18 +100,22 @@ impl Store {
             .column(job::Column::Attempt)
             .column(job::Column::LogSequence)
             .column(job::Column::CancelRequestedAt)
+            .expr(Expr::SubQuery(None, Box::new(steps.into())))
             .into_tuple()
             .all(self.db())
             .await?
             .pop();
         row.map(
-            |(state, agent_id, attempt, log_sequence, cancel_requested_at)| {
+            |(state, agent_id, attempt, log_sequence, cancel_requested_at, steps)| {
                 Ok(LogHolder {
                     state: parse_state(&state)?,
                     agent_id,
                     attempt: to_u32(attempt, "attempt")?,
                     log_sequence: to_u64(log_sequence, "log sequence")?,
                     cancel_requested: cancel_requested_at.is_some(),
+                    steps: u32::try_from(steps).map_err(|_| {
+                        Error::Corrupt("stored step count is out of range".to_owned())
+                    })?,
                 })
             },
         )
@@ -113,7 +128,7 @@ impl Store {
     pub async fn log_batches(&self, job_id: &str, from: u64, limit: u64) -> Result<Vec<LogBatch>> {
         let limit = match limit {
             0 => DEFAULT_BATCHES,
-            n => n.min(MAX_BATCHES),
+            n => Ord::min(n, MAX_BATCHES),
         };
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         log_batch::Entity::find()
@@ -158,6 +173,7 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
         first,
         last,
         lines,
+        steps,
     } = batch;
     if first == 0 || last < first {
         return Ok(Err(Error::Invalid(format!(
@@ -168,7 +184,7 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
         (Ok(first_i), Ok(last_i)) => (first_i, last_i),
         (Err(err), _) | (_, Err(err)) => return Ok(Err(err)),
     };
-    let advanced = job::Entity::update_many()
+    let advanced = start_job(job::Entity::update_many(), &steps)
         .col_expr(job::Column::LogSequence, Expr::value(last_i))
         .filter(held_by(job_id, holder))
         .filter(job::Column::LogSequence.eq(first_i - 1))
@@ -184,6 +200,7 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
         })
         .exec_without_returning(txn)
         .await?;
+        write_steps(txn, job_id, &steps).await?;
         return Ok(Ok(last));
     }
     let refused = match holding(txn, job_id).await? {

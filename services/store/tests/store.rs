@@ -57,6 +57,7 @@ on_both_backends!(
     grouped_log_appends,
     agent_statuses_in_batches,
     concurrent_writes_commit_alone,
+    step_reports_on_log_batches,
 );
 
 #[test]

@@ -106,9 +106,10 @@ pub struct ThroughputArgs {
     /// QueueJob calls each client keeps in flight.
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
-    /// Log lines each job streams (ferry-agent sends 2 for a one-step job:
-    /// the step's start and exit lines); 0 skips StreamLogs.
-    #[arg(long, default_value_t = 2)]
+    /// Log lines each job streams (ferry-agent sends 2 for a one-step job
+    /// that prints nothing: the step's start and exit lines, which carry
+    /// its state); 0 reports the step with ReportStep and skips StreamLogs.
+    #[arg(long, default_value_t = 2, value_parser = log_lines)]
     pub log_lines: u64,
 }
 
@@ -161,6 +162,15 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     }
 }
 
+/// `--log-lines`: 0, or at least the step's start and exit lines.
+fn log_lines(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(1) => Err("a step streams at least 2 lines (its start and exit lines), or 0".to_owned()),
+        Ok(lines) => Ok(lines),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +181,14 @@ mod tests {
         assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("1d"), None);
+    }
+
+    #[test]
+    fn a_step_streams_no_line_or_at_least_its_start_and_exit() {
+        assert_eq!(log_lines("0"), Ok(0));
+        assert_eq!(log_lines("2"), Ok(2));
+        assert!(log_lines("1").is_err());
+        assert!(log_lines("x").is_err());
     }
 
     #[test]

@@ -30,8 +30,10 @@ const MAX_FAILURES: u32 = 20;
 pub enum Behaviour {
     /// Only poll; receiving a job is an error.
     Idle,
-    /// ReportStep RUNNING, `log_lines` lines, ReportStep SUCCEEDED,
-    /// CompleteJob: what ferry-agent sends for a step that prints nothing.
+    /// `log_lines` lines on StreamLogs, the first reporting step 0
+    /// running, the last succeeded, then CompleteJob: what ferry-agent
+    /// sends for a step that prints nothing (`log_lines` 2). With 0 lines,
+    /// ReportStep RUNNING and SUCCEEDED instead of the stream.
     Empty {
         /// Lines streamed per job.
         log_lines: u64,
@@ -251,9 +253,12 @@ async fn run_job(
     });
     let session = agent.job_session(&opened.job)?;
     let masker = Masker::new(opened.job.secrets.values());
-    session.report_step(StepState::Running, None).await?;
     match behaviour {
         Behaviour::Idle => anyhow::bail!("an idle agent was given job {job_id}"),
+        Behaviour::Empty { log_lines: 0 } => {
+            session.report_step(StepState::Running, None).await?;
+            session.report_step(StepState::Succeeded, Some(0)).await?;
+        }
         Behaviour::Empty { log_lines } => {
             stream::step_lines(&session, &masker, *log_lines).await?;
         }
@@ -262,6 +267,7 @@ async fn run_job(
             lines,
             secret_every,
         } => {
+            session.report_step(StepState::Running, None).await?;
             let _ = events.send(Event::Ready);
             let mut go = go.clone();
             tokio::select! {
@@ -285,9 +291,9 @@ async fn run_job(
                 lines: acked,
                 at: Instant::now(),
             });
+            session.report_step(StepState::Succeeded, Some(0)).await?;
         }
     }
-    session.report_step(StepState::Succeeded, Some(0)).await?;
     session.complete().await?;
     let _ = events.send(Event::Completed {
         job_id,

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, bail};
 use ferry_agent::masking::Masker;
-use ferry_proto::v1::{LogLine, LogStream, StreamLogsRequest};
+use ferry_proto::v1::{LogLine, LogStream, StepState, StepUpdate, StreamLogsRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -30,18 +30,23 @@ pub struct Plan<'a> {
     pub secret_every: u64,
 }
 
-/// The two system lines ferry-agent writes around a step that prints
-/// nothing (`count` of them; 0 sends nothing).
+/// What ferry-agent sends for a one-step job whose step prints nothing:
+/// the step's start line, which reports it running, alone; once the server
+/// stored it (the agent waits for that before it runs the job's first
+/// step), the rest of `count` lines on the same stream, the last reporting
+/// the step succeeded; then it waits for the last acknowledgement. `count`
+/// is at least 2 (the start and exit lines).
 pub async fn step_lines(session: &JobSession, masker: &Masker, count: u64) -> anyhow::Result<()> {
-    if count == 0 {
-        return Ok(());
-    }
-    let texts = (0..count).map(|index| match index {
-        0 => "▶ step 1/1: empty".to_owned(),
-        1 => "step empty exited with code 0 (0s)".to_owned(),
+    anyhow::ensure!(
+        count >= 2,
+        "a step streams at least its start and exit lines"
+    );
+    let texts = (1..=count).map(|number| match number {
+        1 => "▶ step 1/1: empty".to_owned(),
+        last if last == count => "step empty exited with code 0 (0s)".to_owned(),
         other => format!("line {other}"),
     });
-    let lines = texts
+    let mut lines: Vec<LogLine> = texts
         .enumerate()
         .map(|(index, text)| {
             line(
@@ -50,13 +55,58 @@ pub async fn step_lines(session: &JobSession, masker: &Masker, count: u64) -> an
                 masker.mask(&text).into_owned(),
             )
         })
-        .collect::<Vec<_>>();
-    send(
-        session,
-        lines.chunks(BATCH).map(<[LogLine]>::to_vec).collect(),
-        count,
-    )
-    .await
+        .collect();
+    lines[0].step_update = Some(StepUpdate {
+        state: StepState::Running.into(),
+        exit_code: None,
+    });
+    if let Some(last) = lines.last_mut() {
+        last.step_update = Some(StepUpdate {
+            state: StepState::Succeeded.into(),
+            exit_code: Some(0),
+        });
+    }
+    let rest = lines.split_off(1);
+    let (requests, outgoing) = mpsc::channel(QUEUED_MESSAGES);
+    requests
+        .send(StreamLogsRequest {
+            job_id: session.job_id.clone(),
+            lines,
+        })
+        .await
+        .context("queue the start line")?;
+    let mut responses = session
+        .logs
+        .clone()
+        .stream_logs(ReceiverStream::new(outgoing))
+        .await
+        .context("StreamLogs")?
+        .into_inner();
+    let mut acked = 0;
+    let mut rest = Some(rest);
+    while acked < count {
+        let Some(response) = responses.message().await.context("StreamLogs")? else {
+            bail!("the server ended the log stream at {acked} of {count} lines");
+        };
+        acked = response.acked_sequence;
+        if acked >= 1
+            && let Some(rest) = rest.take()
+        {
+            for batch in rest.chunks(BATCH) {
+                requests
+                    .send(StreamLogsRequest {
+                        job_id: String::new(),
+                        lines: batch.to_vec(),
+                    })
+                    .await
+                    .context("queue log batch")?;
+            }
+        }
+    }
+    drop(requests);
+    // Let the server end the call, as ferry-agent does.
+    while responses.message().await.context("StreamLogs")?.is_some() {}
+    Ok(())
 }
 
 /// `plan.lines` lines of step output, masked, streamed and acknowledged;
@@ -121,40 +171,6 @@ pub async fn output_lines(
     Ok(last)
 }
 
-/// Sends prepared batches on one stream and waits for the last ack.
-async fn send(session: &JobSession, batches: Vec<Vec<LogLine>>, total: u64) -> anyhow::Result<()> {
-    let requests = batches
-        .into_iter()
-        .enumerate()
-        .map(|(index, lines)| StreamLogsRequest {
-            job_id: if index == 0 {
-                session.job_id.clone()
-            } else {
-                String::new()
-            },
-            lines,
-        })
-        .collect::<Vec<_>>();
-    let (sender, outgoing) = mpsc::channel(requests.len().max(1));
-    for request in requests {
-        sender.send(request).await.context("queue log batch")?;
-    }
-    drop(sender);
-    let mut responses = session
-        .logs
-        .clone()
-        .stream_logs(ReceiverStream::new(outgoing))
-        .await
-        .context("StreamLogs")?
-        .into_inner();
-    while let Some(response) = responses.message().await.context("StreamLogs")? {
-        if response.acked_sequence >= total {
-            return Ok(());
-        }
-    }
-    bail!("the server ended the log stream before acknowledging every line")
-}
-
 fn line(sequence: u64, stream: LogStream, text: String) -> LogLine {
     LogLine {
         sequence,
@@ -162,6 +178,7 @@ fn line(sequence: u64, stream: LogStream, text: String) -> LogLine {
         time: Some(ferry_proto::time::now()),
         stream: stream as i32,
         text,
+        step_update: None,
     }
 }
 

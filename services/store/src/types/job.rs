@@ -124,6 +124,8 @@ pub struct LogHolder {
     pub log_sequence: u64,
     /// Whether a cancel was requested.
     pub cancel_requested: bool,
+    /// How many steps the job has.
+    pub steps: u32,
 }
 
 /// Log lines `first..=last` of a job, as the blob the caller appended.
@@ -143,6 +145,22 @@ pub struct NewLogBatch<'a> {
     pub first: u64,
     pub last: u64,
     pub lines: Vec<u8>,
+    /// Step reports carried by the batch's lines, in line order: recorded
+    /// with the lines, in the same transaction, and only if the lines are
+    /// new (a resent batch's reports were recorded the first time).
+    pub steps: Vec<StepReport>,
+}
+
+/// A step's new state, reported by the agent holding the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    /// The step's position, from 0.
+    pub index: u32,
+    pub state: StepState,
+    /// The exit code, for a step that ended.
+    pub exit_code: Option<i32>,
+    /// When it happened (Unix microseconds).
+    pub at: i64,
 }
 
 /// Who holds a job: its agent and the attempt (the fencing token). Every write

@@ -10,7 +10,7 @@ mod resource;
 pub(crate) use job::DEFAULT_MAX_ATTEMPTS;
 pub use job::{
     CancelOutcome, Holder, Job, JobFilter, JobStep, LeaseRenewal, LogBatch, LogHolder, NewJob,
-    NewLogBatch, ReapOutcome, Reaped,
+    NewLogBatch, ReapOutcome, Reaped, StepReport,
 };
 pub use resource::{Artifact, Source, TestSummary};
 

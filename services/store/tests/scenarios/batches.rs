@@ -1,7 +1,8 @@
 //! Writes made in batches: a job stored already assigned, log batches of
-//! several jobs committed together, agent statuses recorded together.
+//! several jobs committed together, step reports carried by log batches,
+//! agent statuses recorded together.
 
-use ferry_store::{AgentSeen, AgentStatus, Error, JobState, NewLogBatch, StepState};
+use ferry_store::{AgentSeen, AgentStatus, Error, JobState, NewLogBatch, StepReport, StepState};
 
 use crate::support::{FOREVER, TestDb, first, new_agent, new_job};
 
@@ -129,6 +130,7 @@ pub async fn grouped_log_appends(db: &TestDb) {
         first: first_line,
         last,
         lines: format!("{first_line}..{last}").into_bytes(),
+        steps: Vec::new(),
     };
     let answers = store
         .append_log_batches(vec![
@@ -156,6 +158,150 @@ pub async fn grouped_log_appends(db: &TestDb) {
         .map(|batch| (batch.first, batch.last))
         .collect();
     assert_eq!(stored, [(1, 5), (6, 7)], "the refused batch left no trace");
+}
+
+/// Step reports ride on log batches: recorded with the lines, once (a
+/// resent batch's reports are not applied again), and not at all for a
+/// holder whose batch is refused; the first `Running` report starts the
+/// job at its time.
+pub async fn step_reports_on_log_batches(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("reported").await.expect("pool");
+    let job = store
+        .insert_job(new_job(&pool.id, "two steps", &["one", "two"]))
+        .await
+        .expect("job");
+    assert!(
+        store
+            .claim_job(&job.id, "agent-a", 1, FOREVER)
+            .await
+            .expect("claim")
+    );
+    assert_eq!(
+        store
+            .log_holder(&job.id)
+            .await
+            .expect("holder")
+            .map(|holder| holder.steps),
+        Some(2)
+    );
+    let report = |index: u32, state: StepState, exit_code: Option<i32>, at: i64| StepReport {
+        index,
+        state,
+        exit_code,
+        at,
+    };
+    let batch =
+        |agent: &'static str, first_line: u64, last: u64, steps: Vec<StepReport>| NewLogBatch {
+            job_id: &job.id,
+            holder: first(agent),
+            first: first_line,
+            last,
+            lines: b"lines".to_vec(),
+            steps,
+        };
+    let answers = store
+        .append_log_batches(vec![
+            // step 0 starts, runs and ends within one batch
+            batch(
+                "agent-a",
+                1,
+                3,
+                vec![
+                    report(0, StepState::Running, None, 1_000),
+                    report(0, StepState::Succeeded, Some(0), 1_500),
+                ],
+            ),
+            // a stale holder's report is refused with its lines
+            batch(
+                "agent-b",
+                4,
+                4,
+                vec![report(1, StepState::Failed, Some(9), 1_600)],
+            ),
+            batch(
+                "agent-a",
+                4,
+                4,
+                vec![report(1, StepState::Running, None, 2_000)],
+            ),
+        ])
+        .await
+        .expect("group");
+    let answers: Vec<_> = answers
+        .into_iter()
+        .map(|answer| answer.map_err(|error| matches!(error, Error::Conflict(_))))
+        .collect();
+    assert_eq!(answers, [Ok(3), Err(true), Ok(4)]);
+    let stored = store.job(&job.id).await.expect("read").expect("job");
+    assert_eq!(stored.state, JobState::Running);
+    assert_eq!(
+        stored.started_at,
+        Some(1_000),
+        "started at the first report"
+    );
+    let steps: Vec<_> = stored
+        .steps
+        .iter()
+        .map(|step| {
+            (
+                step.state,
+                step.exit_code,
+                step.started_at,
+                step.finished_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (StepState::Succeeded, Some(0), Some(1_000), Some(1_500)),
+            (StepState::Running, None, Some(2_000), None),
+        ]
+    );
+
+    // The batch resent (a reconnect) with a report that would change the
+    // step: its lines are old, so nothing is written.
+    let resent = store
+        .append_log_batches(vec![batch(
+            "agent-a",
+            4,
+            4,
+            vec![report(1, StepState::Failed, Some(3), 9_000)],
+        )])
+        .await
+        .expect("resent");
+    assert!(matches!(resent.as_slice(), [Ok(4)]), "{resent:?}");
+    let step = &store.job(&job.id).await.expect("read").expect("job").steps[1];
+    assert_eq!((step.state, step.finished_at), (StepState::Running, None));
+
+    // The step ends with the next new line.
+    let ended = store
+        .append_log_batches(vec![batch(
+            "agent-a",
+            5,
+            5,
+            vec![report(1, StepState::Failed, Some(3), 2_500)],
+        )])
+        .await
+        .expect("ended");
+    assert!(matches!(ended.as_slice(), [Ok(5)]), "{ended:?}");
+    let stored = store.job(&job.id).await.expect("read").expect("job");
+    let step = &stored.steps[1];
+    assert_eq!(
+        (
+            step.state,
+            step.exit_code,
+            step.started_at,
+            step.finished_at
+        ),
+        (StepState::Failed, Some(3), Some(2_000), Some(2_500))
+    );
+    assert_eq!(
+        stored.started_at,
+        Some(1_000),
+        "a running job keeps its start"
+    );
 }
 
 /// Statuses recorded together; a sighting older than the stored one (from

@@ -58,6 +58,7 @@ pub async fn logs(db: &TestDb) {
             attempt: 1,
             log_sequence: 3,
             cancel_requested: false,
+            steps: 1,
         })
     );
     assert_eq!(store.log_holder("nope").await.expect("no holder"), None);
