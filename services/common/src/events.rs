@@ -99,6 +99,46 @@ impl Default for Events {
     }
 }
 
+/// Most events taken for one round of notifications.
+const NOTIFY_BATCH: usize = 256;
+/// Most bytes of events in one notification (PostgreSQL allows 8000).
+const NOTIFY_PAYLOAD: usize = 7_000;
+
+/// Events as notification payloads: JSON arrays of as many events as fit
+/// in [`NOTIFY_PAYLOAD`] (an event too large to share one goes alone).
+fn payloads(events: &[Event]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::from("[");
+    for event in events {
+        let Ok(json) = serde_json::to_string(event) else {
+            continue;
+        };
+        if current.len() > 1 && current.len() + json.len() + 2 > NOTIFY_PAYLOAD {
+            current.push(']');
+            payloads.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&json);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        payloads.push(current);
+    }
+    payloads
+}
+
+/// The events of a notification: an array of them, or one alone (as a
+/// replica of an earlier version sends them).
+fn parse_payload(payload: &str) -> serde_json::Result<Vec<Event>> {
+    if payload.trim_start().starts_with('[') {
+        serde_json::from_str(payload)
+    } else {
+        serde_json::from_str(payload).map(|event| vec![event])
+    }
+}
+
 /// A process-unique id: 8 bytes of a random (v4) UUID.
 fn random_origin() -> u64 {
     let bytes = uuid::Uuid::new_v4().into_bytes();
@@ -128,13 +168,16 @@ impl Events {
 
         let notifier = store.clone();
         tokio::spawn(async move {
-            while let Some(event) = outgoing.recv().await {
-                let Ok(payload) = serde_json::to_string(&event) else {
-                    continue;
-                };
-                if let Err(error) = notifier.notify(CHANNEL, &payload).await {
-                    tracing::warn!(error = %error, "could not notify other replicas");
+            // Everything raised while the last notification was on its way
+            // goes in the next: one round trip for many events.
+            let mut pending = Vec::with_capacity(NOTIFY_BATCH);
+            while outgoing.recv_many(&mut pending, NOTIFY_BATCH).await > 0 {
+                for payload in payloads(&pending) {
+                    if let Err(error) = notifier.notify(CHANNEL, &payload).await {
+                        tracing::warn!(error = %error, "could not notify other replicas");
+                    }
                 }
+                pending.clear();
             }
         });
 
@@ -143,9 +186,11 @@ impl Events {
         tokio::spawn(async move {
             loop {
                 match listener.next().await {
-                    Ok(Some(payload)) => match serde_json::from_str::<Event>(&payload) {
-                        Ok(event) => {
-                            let _ = local.send(event);
+                    Ok(Some(payload)) => match parse_payload(&payload) {
+                        Ok(received) => {
+                            for event in received {
+                                let _ = local.send(event);
+                            }
                         }
                         Err(error) => tracing::warn!(error = %error, "unreadable event"),
                     },
@@ -223,6 +268,28 @@ mod tests {
             let wire = serde_json::to_string(&event).expect("serialize");
             assert_eq!(serde_json::from_str::<Event>(&wire).expect("parse"), event);
         }
+    }
+
+    #[test]
+    fn many_events_share_notifications_that_fit_and_read_back_in_order() {
+        let events: Vec<Event> = (0..500)
+            .map(|sequence| Event::LogsAppended {
+                job_id: format!("0190f0a0-dddd-7000-8000-{sequence:012}").into(),
+                sequence,
+            })
+            .collect();
+        let sent = payloads(&events);
+        assert!(sent.len() > 1 && sent.len() < 20, "{}", sent.len());
+        assert!(sent.iter().all(|payload| payload.len() <= NOTIFY_PAYLOAD));
+        let read: Vec<Event> = sent
+            .iter()
+            .flat_map(|payload| parse_payload(payload).expect("parse"))
+            .collect();
+        assert_eq!(read, events);
+        // A single event, as an earlier version sends it, still reads.
+        let alone = serde_json::to_string(&events[3]).expect("serialize");
+        assert_eq!(parse_payload(&alone).expect("parse"), [events[3].clone()]);
+        assert!(payloads(&[]).is_empty());
     }
 
     #[tokio::test]

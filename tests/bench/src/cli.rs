@@ -39,6 +39,9 @@ pub enum Command {
     Idle(IdleArgs),
     /// Log lines streamed, masked and stored per second.
     Logs(LogsArgs),
+    /// The floor: gRPC calls over TLS per second and their CPU time, with
+    /// nothing behind them (Health/Check).
+    Calls(CallsArgs),
     /// Every figure above with its default settings.
     All(AllArgs),
 }
@@ -111,6 +114,19 @@ pub struct ThroughputArgs {
     /// its state); 0 reports the step with ReportStep and skips StreamLogs.
     #[arg(long, default_value_t = 2, value_parser = log_lines)]
     pub log_lines: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CallsArgs {
+    /// Connections, each its own TLS/HTTP/2 connection (as an agent's).
+    #[arg(long, default_value_t = 200)]
+    pub connections: usize,
+    /// Calls each connection keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Calls in all.
+    #[arg(long, default_value_t = 100_000)]
+    pub calls: usize,
 }
 
 #[derive(Debug, Clone, Args)]

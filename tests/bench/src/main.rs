@@ -17,7 +17,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser as _;
 
-use crate::cli::{AllArgs, Cli, Command, DispatchArgs, IdleArgs, LogsArgs, ThroughputArgs};
+use crate::cli::{
+    AllArgs, CallsArgs, Cli, Command, DispatchArgs, IdleArgs, LogsArgs, ThroughputArgs,
+};
 use crate::report::Row;
 use crate::scenario::Bench;
 use crate::server::{Mode, ServerPlan};
@@ -72,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Throughput(args) => scenario::throughput::run(&bench, args).await?,
         Command::Idle(args) => scenario::idle::run(&bench, args).await?,
         Command::Logs(args) => scenario::logs::run(&bench, args).await?,
+        Command::Calls(args) => scenario::calls::run(&bench, args).await?,
         Command::All(args) => all(&bench, args).await?,
     };
     println!("{environment}\n\n{}", report::HEADER);
@@ -97,6 +100,7 @@ async fn all(bench: &Bench, args: &AllArgs) -> anyhow::Result<Vec<Row>> {
     }
     print(scenario::idle::run(bench, &idle).await?);
     print(scenario::logs::run(bench, &defaults::<LogsArgs>("logs")?).await?);
+    print(scenario::calls::run(bench, &defaults::<CallsArgs>("calls")?).await?);
     Ok(rows)
 }
 
@@ -117,6 +121,7 @@ fn most_agents(command: &Command) -> usize {
         Command::Throughput(args) => max(&args.agents),
         Command::Idle(args) => max(&args.agents),
         Command::Logs(args) => max(&args.jobs),
+        Command::Calls(args) => args.connections,
         Command::All(_) => 10_000,
     }
 }

@@ -1,6 +1,7 @@
 //! The figures: each runs `--runs` times on a fresh server and returns
 //! table rows.
 
+pub mod calls;
 pub mod dispatch;
 pub mod idle;
 pub mod logs;
