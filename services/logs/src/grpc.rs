@@ -5,9 +5,7 @@ use ferry_proto::v1::log_service_server::{LogService, LogServiceServer};
 use ferry_proto::v1::{
     FollowLogsRequest, FollowLogsResponse, StreamLogsRequest, StreamLogsResponse,
 };
-use ferry_service::Event;
 use ferry_service::from_stream;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -100,11 +98,12 @@ impl LogService for Logs {
             .await
             .map_err(from_stream)?
             .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
+        // Watched before the job is read: a cancel in between is not missed.
+        let mut cancel = self.watch_cancel(&first.job_id.as_str().into());
         let mut ingest = self.ingest(&caller, &first.job_id).await?;
-        let mut events = self.subscribe();
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(async move {
-            let job_id = ingest.job_id().to_owned();
+            let job_id = ingest.job_id().clone();
             let mut pending = Some(first);
             let mut cancel_requested = ingest.cancel_requested();
             let mut cancel_sent = false;
@@ -147,21 +146,15 @@ impl LogService for Logs {
                                 break;
                             }
                         },
-                        event = events.recv() => {
+                        () = cancel.canceled(), if !cancel_requested => {
                             // Tell the agent of a cancel at once, on the
                             // stream it already holds.
-                            match event {
-                                Ok(Event::CancelRequested { job_id: canceled }) if *canceled == *job_id => {
-                                    cancel_requested = true;
-                                }
-                                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                                Err(RecvError::Closed) => break,
-                            }
+                            cancel_requested = true;
                             continue;
                         }
                     },
                 };
-                if !message.job_id.is_empty() && message.job_id != job_id {
+                if !message.job_id.is_empty() && *message.job_id != *job_id {
                     drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
                     let _ = sender
                         .send(Err(Status::invalid_argument(

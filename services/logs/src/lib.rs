@@ -54,6 +54,89 @@ pub struct Logs {
     store: Store,
     events: Events,
     writers: Arc<[mpsc::Sender<Append>]>,
+    cancels: Arc<Cancels>,
+}
+
+/// The open log streams' jobs, each with a flag raised when someone cancels
+/// it. One task reads the events and raises only the canceled job's flag:
+/// an event costs one lookup however many streams are open, where each
+/// stream listening to every event would wake them all for each one.
+#[derive(Debug, Default)]
+struct Cancels {
+    jobs: std::sync::Mutex<HashMap<Arc<str>, Watched>>,
+}
+
+/// A job some streams watch: how many, and its flag.
+#[derive(Debug)]
+struct Watched {
+    streams: usize,
+    canceled: tokio::sync::watch::Sender<bool>,
+}
+
+/// A stream's watch on its job's cancellation; dropping it ends the watch.
+#[derive(Debug)]
+pub struct CancelWatch {
+    cancels: Arc<Cancels>,
+    job_id: Arc<str>,
+    canceled: tokio::sync::watch::Receiver<bool>,
+}
+
+impl CancelWatch {
+    /// Resolves once the job is canceled (at once if it already was).
+    pub async fn canceled(&mut self) {
+        if self.canceled.wait_for(|canceled| *canceled).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        let mut jobs = self.cancels.lock();
+        if let Some(watched) = jobs.get_mut(&self.job_id) {
+            watched.streams -= 1;
+            if watched.streams == 0 {
+                jobs.remove(&self.job_id);
+            }
+        }
+    }
+}
+
+impl Cancels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Watched>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn watch(self: &Arc<Self>, job_id: &Arc<str>) -> CancelWatch {
+        let mut jobs = self.lock();
+        let watched = jobs.entry(job_id.clone()).or_insert_with(|| Watched {
+            streams: 0,
+            canceled: tokio::sync::watch::Sender::new(false),
+        });
+        watched.streams += 1;
+        CancelWatch {
+            cancels: self.clone(),
+            job_id: job_id.clone(),
+            canceled: watched.canceled.subscribe(),
+        }
+    }
+
+    /// Raises the flags of canceled jobs until the events end.
+    async fn listen(self: Arc<Self>, mut events: tokio::sync::broadcast::Receiver<Event>) {
+        loop {
+            match events.recv().await {
+                Ok(Event::CancelRequested { job_id }) => {
+                    if let Some(watched) = self.lock().get(&job_id) {
+                        watched.canceled.send_replace(true);
+                    }
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
 }
 
 /// A batch on its way to the group-commit writer.
@@ -158,10 +241,13 @@ impl Logs {
                 writer
             })
             .collect();
+        let cancels = Arc::new(Cancels::default());
+        tokio::spawn(cancels.clone().listen(events.subscribe()));
         Self {
             store,
             events,
             writers,
+            cancels,
         }
     }
 
@@ -211,9 +297,9 @@ impl Logs {
         &self.writers[shard]
     }
 
-    /// Listens for events (cancellation of the ingested job).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.events.subscribe()
+    /// Watches the job for a cancel request (made from now on).
+    pub fn watch_cancel(&self, job_id: &Arc<str>) -> CancelWatch {
+        self.cancels.watch(job_id)
     }
 }
 
@@ -229,7 +315,7 @@ impl Ingest {
     }
 
     /// The job being ingested.
-    pub fn job_id(&self) -> &str {
+    pub fn job_id(&self) -> &Arc<str> {
         &self.job_id
     }
 
@@ -506,5 +592,52 @@ impl Logs {
                 () = sender.closed() => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cancel_reaches_the_streams_of_its_job_only() {
+        let events = Events::new();
+        let cancels = Arc::new(Cancels::default());
+        tokio::spawn(cancels.clone().listen(events.subscribe()));
+        let (canceled, other): (Arc<str>, Arc<str>) = ("job-a".into(), "job-b".into());
+        let mut first = cancels.watch(&canceled);
+        let mut second = cancels.watch(&canceled);
+        let mut untouched = cancels.watch(&other);
+        events.publish(Event::LogsAppended {
+            job_id: canceled.clone(),
+            sequence: 1,
+        });
+        events.publish(Event::CancelRequested {
+            job_id: canceled.clone(),
+        });
+        let within = Duration::from_secs(5);
+        tokio::time::timeout(within, first.canceled())
+            .await
+            .expect("the first stream hears of it");
+        tokio::time::timeout(within, second.canceled())
+            .await
+            .expect("the second stream hears of it");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), untouched.canceled())
+                .await
+                .is_err(),
+            "another job's stream does not"
+        );
+        drop(first);
+        assert_eq!(
+            cancels.lock().get(&canceled).map(|watched| watched.streams),
+            Some(1)
+        );
+        drop(second);
+        drop(untouched);
+        assert!(
+            cancels.lock().is_empty(),
+            "closed streams leave nothing behind"
+        );
     }
 }
