@@ -1,7 +1,7 @@
 //! The tonic adapter: unwraps the streams, calls [`Logs`], maps errors.
 
 use ferry_auth::{Requirement, principal};
-use ferry_proto::v1::log_service_server::{LogService, LogServiceServer};
+use ferry_proto::v1::log_service_server::{LogService, LogServiceServer, SERVICE_NAME};
 use ferry_proto::v1::{
     FollowLogsRequest, FollowLogsResponse, StreamLogsRequest, StreamLogsResponse,
 };
@@ -9,10 +9,13 @@ use ferry_service::from_stream;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use futures::stream::FuturesOrdered;
 
+use crate::raw::RawBatch;
 use crate::{Ingest, Logs};
 
 /// What each method needs.
@@ -75,11 +78,76 @@ async fn drain<S>(
 /// Largest message: a batch of lines.
 pub const MAX_REQUEST_SIZE: usize = 8 * 1024 * 1024;
 
+/// Largest message the service sends.
+const MAX_RESPONSE_SIZE: usize = 16 * 1024 * 1024;
+/// The method served apart from the generated server.
+const STREAM_LOGS: &str = "/ferry.v1.LogService/StreamLogs";
+
 /// The tonic service around [`Logs`].
-pub fn server(logs: Logs) -> LogServiceServer<Logs> {
-    LogServiceServer::new(logs)
-        .max_decoding_message_size(MAX_REQUEST_SIZE)
-        .max_encoding_message_size(16 * 1024 * 1024)
+pub fn server(logs: Logs) -> LogsServer {
+    LogsServer {
+        generated: LogServiceServer::new(logs.clone())
+            .max_decoding_message_size(MAX_REQUEST_SIZE)
+            .max_encoding_message_size(MAX_RESPONSE_SIZE),
+        logs,
+    }
+}
+
+/// `ferry.v1.LogService`: `StreamLogs` takes its messages as [`RawBatch`]es
+/// (the lines stay as they arrived, to be stored as they are); every other
+/// method is the generated server's.
+#[derive(Debug, Clone)]
+pub struct LogsServer {
+    logs: Logs,
+    generated: LogServiceServer<Logs>,
+}
+
+impl NamedService for LogsServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for LogsServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != STREAM_LOGS {
+            return self.generated.call(request);
+        }
+        let method = StreamLogsMethod(self.logs.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<StreamLogsResponse, RawBatch>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .apply_max_message_size_config(Some(MAX_REQUEST_SIZE), Some(MAX_RESPONSE_SIZE));
+            Ok(grpc.streaming(method, request).await)
+        })
+    }
+}
+
+/// `StreamLogs` for tonic's server.
+struct StreamLogsMethod(Logs);
+
+impl tonic::server::StreamingService<RawBatch> for StreamLogsMethod {
+    type Response = StreamLogsResponse;
+    type ResponseStream = ReceiverStream<Result<StreamLogsResponse, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<RawBatch>>) -> Self::Future {
+        let logs = self.0.clone();
+        Box::pin(async move { stream_logs(&logs, request).await })
+    }
 }
 
 #[tonic::async_trait]
@@ -89,95 +157,10 @@ impl LogService for Logs {
 
     async fn stream_logs(
         &self,
-        request: Request<Streaming<StreamLogsRequest>>,
+        _request: Request<Streaming<StreamLogsRequest>>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        let caller = principal::job(&request)?.clone();
-        let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await
-            .map_err(from_stream)?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
-        // Watched before the job is read: a cancel in between is not missed.
-        let mut cancel = self.watch_cancel(&first.job_id.as_str().into());
-        let mut ingest = self.ingest(&caller, &first.job_id).await?;
-        let (sender, receiver) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let job_id = ingest.job_id().clone();
-            let mut pending = Some(first);
-            let mut cancel_requested = ingest.cancel_requested();
-            let mut cancel_sent = false;
-            // Batches handed to the writer, acked in order as they commit;
-            // the stream reads on meanwhile.
-            let mut in_flight = FuturesOrdered::new();
-            let mut in_flight_bytes = 0usize;
-            loop {
-                if cancel_requested && !cancel_sent {
-                    cancel_sent = true;
-                    let cancel = StreamLogsResponse {
-                        acked_sequence: ingest.acked(),
-                        cancel_requested: true,
-                    };
-                    if sender.send(Ok(cancel)).await.is_err() {
-                        break;
-                    }
-                }
-                let message = match pending.take() {
-                    Some(message) => message,
-                    None => tokio::select! {
-                        Some((stored, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
-                            in_flight_bytes -= bytes;
-                            if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
-                                break;
-                            }
-                            continue;
-                        }
-                        next = inbound.next(), if in_flight.len() < MAX_IN_FLIGHT
-                            && in_flight_bytes < MAX_IN_FLIGHT_BYTES => match next {
-                            Some(Ok(message)) => message,
-                            None => {
-                                // The agent is done sending: ack the rest.
-                                drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
-                                break;
-                            }
-                            Some(Err(status)) => {
-                                drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
-                                let _ = sender.send(Err(from_stream(status))).await;
-                                break;
-                            }
-                        },
-                        () = cancel.canceled(), if !cancel_requested => {
-                            // Tell the agent of a cancel at once, on the
-                            // stream it already holds.
-                            cancel_requested = true;
-                            continue;
-                        }
-                    },
-                };
-                if !message.job_id.is_empty() && *message.job_id != *job_id {
-                    drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
-                    let _ = sender
-                        .send(Err(Status::invalid_argument(
-                            "one stream carries one job's lines",
-                        )))
-                        .await;
-                    break;
-                }
-                match ingest.append(message.lines).await {
-                    Ok(stored) => {
-                        let bytes = stored.bytes();
-                        in_flight_bytes += bytes;
-                        in_flight.push_back(async move { (stored.await, bytes) });
-                    }
-                    Err(error) => {
-                        drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
-                        let _ = sender.send(Err(Status::from(error))).await;
-                        break;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        // LogsServer takes StreamLogs before the generated server sees it.
+        Err(Status::internal("StreamLogs is served by LogsServer"))
     }
 
     async fn follow_logs(
@@ -197,4 +180,99 @@ impl LogService for Logs {
         .await?;
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
+}
+
+/// Takes a job's log lines: each batch goes to the group-commit writer while
+/// the stream reads on; acks go back in order as batches are stored.
+async fn stream_logs(
+    logs: &Logs,
+    request: Request<Streaming<RawBatch>>,
+) -> Result<Response<ReceiverStream<Result<StreamLogsResponse, Status>>>, Status> {
+    let caller = principal::job(&request)?.clone();
+    let mut inbound = request.into_inner();
+    let first = inbound
+        .message()
+        .await
+        .map_err(from_stream)?
+        .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
+    // Watched before the job is read: a cancel in between is not missed.
+    let mut cancel = logs.watch_cancel(&first.job_id.as_str().into());
+    let mut ingest = logs.ingest(&caller, &first.job_id).await?;
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let job_id = ingest.job_id().clone();
+        let mut pending = Some(first);
+        let mut cancel_requested = ingest.cancel_requested();
+        let mut cancel_sent = false;
+        // Batches handed to the writer, acked in order as they commit;
+        // the stream reads on meanwhile.
+        let mut in_flight = FuturesOrdered::new();
+        let mut in_flight_bytes = 0usize;
+        loop {
+            if cancel_requested && !cancel_sent {
+                cancel_sent = true;
+                let cancel = StreamLogsResponse {
+                    acked_sequence: ingest.acked(),
+                    cancel_requested: true,
+                };
+                if sender.send(Ok(cancel)).await.is_err() {
+                    break;
+                }
+            }
+            let message = match pending.take() {
+                Some(message) => message,
+                None => tokio::select! {
+                    Some((stored, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+                        in_flight_bytes -= bytes;
+                        if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
+                            break;
+                        }
+                        continue;
+                    }
+                    next = inbound.next(), if in_flight.len() < MAX_IN_FLIGHT
+                        && in_flight_bytes < MAX_IN_FLIGHT_BYTES => match next {
+                        Some(Ok(message)) => message,
+                        None => {
+                            // The agent is done sending: ack the rest.
+                            drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
+                            break;
+                        }
+                        Some(Err(status)) => {
+                            drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
+                            let _ = sender.send(Err(from_stream(status))).await;
+                            break;
+                        }
+                    },
+                    () = cancel.canceled(), if !cancel_requested => {
+                        // Tell the agent of a cancel at once, on the
+                        // stream it already holds.
+                        cancel_requested = true;
+                        continue;
+                    }
+                },
+            };
+            if !message.job_id.is_empty() && *message.job_id != *job_id {
+                drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
+                let _ = sender
+                    .send(Err(Status::invalid_argument(
+                        "one stream carries one job's lines",
+                    )))
+                    .await;
+                break;
+            }
+            match ingest.append(message.lines).await {
+                Ok(stored) => {
+                    let bytes = stored.bytes();
+                    in_flight_bytes += bytes;
+                    in_flight.push_back(async move { (stored.await, bytes) });
+                }
+                Err(error) => {
+                    drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;
+                    let _ = sender.send(Err(Status::from(error))).await;
+                    break;
+                }
+            }
+        }
+    });
+    Ok(Response::new(ReceiverStream::new(receiver)))
 }

@@ -9,6 +9,7 @@
 //! lines and the job's end.
 
 pub mod grpc;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -329,7 +330,7 @@ impl Ingest {
     /// stream reads its next batch while this one commits. The returned
     /// [`Stored`] resolves to the new cumulative ack; resolve them in
     /// order.
-    pub async fn append(&mut self, mut lines: Vec<LogLine>) -> Result<Stored> {
+    pub async fn append(&mut self, mut lines: Vec<raw::RawLine>) -> Result<Stored> {
         if lines.len() > MAX_LINES_PER_BATCH {
             return Err(Error::TooLarge(format!(
                 "a batch has {} lines, the limit is {MAX_LINES_PER_BATCH}",
@@ -337,11 +338,10 @@ impl Ingest {
             )));
         }
         for (offset, line) in lines.iter().enumerate() {
-            if line.text.len() > MAX_LINE_LEN {
+            if line.text_len > MAX_LINE_LEN {
                 return Err(Error::TooLarge(format!(
                     "line {} is {} bytes, the limit is {MAX_LINE_LEN}",
-                    line.sequence,
-                    line.text.len()
+                    line.sequence, line.text_len
                 )));
             }
             if offset > 0 && line.sequence != lines[offset - 1].sequence + 1 {
@@ -366,7 +366,7 @@ impl Ingest {
                 self.sent + 1
             )));
         }
-        let bytes: usize = lines.iter().map(|line| line.text.len()).sum();
+        let bytes: usize = lines.iter().map(|line| line.text_len).sum();
         let (done, answer) = oneshot::channel();
         let append = Append {
             job_id: self.job_id.clone(),
@@ -376,7 +376,7 @@ impl Ingest {
             last,
             lines: lines.len() as u64,
             bytes: bytes as u64,
-            blob: StoredLines { lines }.encode_to_vec(),
+            blob: raw::stored_blob(&lines),
             steps,
             done,
         };
@@ -395,7 +395,7 @@ impl Ingest {
 
 impl Ingest {
     /// The step reports `lines` carry, checked, in line order.
-    fn step_reports(&self, lines: &[LogLine]) -> Result<Vec<ferry_store::StepReport>> {
+    fn step_reports(&self, lines: &[raw::RawLine]) -> Result<Vec<ferry_store::StepReport>> {
         let now = ferry_proto::time::now_micros();
         lines
             .iter()

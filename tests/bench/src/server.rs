@@ -306,6 +306,12 @@ pub fn rss_of(pid: u32) -> Option<u64> {
 /// Clock ticks per second of /proc/*/stat's times (USER_HZ, 100 on Linux).
 const USER_HZ: u64 = 100;
 
+/// CPU time used so far by ferryd (when its process is known) and by this
+/// process.
+pub fn cpu_now(target: &Target) -> (Option<Duration>, Option<Duration>) {
+    (target.pid.and_then(cpu_of), cpu_of(std::process::id()))
+}
+
 /// CPU time a process has used so far (user + system, all its threads),
 /// from /proc/PID/stat.
 pub fn cpu_of(pid: u32) -> Option<Duration> {

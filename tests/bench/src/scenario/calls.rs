@@ -19,7 +19,7 @@ use tonic_health::pb::health_client::HealthClient;
 use super::Bench;
 use crate::cli::CallsArgs;
 use crate::report::{Row, median, runs_note, thousands};
-use crate::server::{Target, cpu_of};
+use crate::server::{Target, cpu_now};
 
 /// Calls a one-step job makes: QueueJob, PollJob, StreamLogs (two messages
 /// and two acks on one call), CompleteJob.
@@ -128,12 +128,6 @@ async fn one_run(target: &Target, args: &CallsArgs) -> anyhow::Result<Rates> {
         server_cpu: per_call(before.0, after.0),
         bench_cpu: per_call(before.1, after.1),
     })
-}
-
-/// CPU time used so far by ferryd (when its process is known) and by this
-/// process.
-fn cpu_now(target: &Target) -> (Option<Duration>, Option<Duration>) {
-    (target.pid.and_then(cpu_of), cpu_of(std::process::id()))
 }
 
 fn micros_note(micros: Option<f64>) -> String {

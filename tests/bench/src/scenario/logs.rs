@@ -22,7 +22,7 @@ use crate::cli::LogsArgs;
 use crate::fleet::{Behaviour, Event};
 use crate::jobs::{self, Ledger};
 use crate::report::{Row, median, runs_note, thousands};
-use crate::server::Target;
+use crate::server::{Target, cpu_now};
 
 const GOAL: f64 = 1_000_000.0;
 /// Longest pause in the agents' activity before the run is abandoned.
@@ -35,25 +35,29 @@ pub async fn run(bench: &Bench, args: &LogsArgs) -> anyhow::Result<Vec<Row>> {
         let count = count.max(1);
         let per_job = args.lines / count as u64;
         let what = format!("log ingest, {count} jobs × {per_job} lines");
-        let rates = bench
+        let runs = bench
             .repeat(&what, async |target, _run| {
-                let rate = one_run(target, count, per_job, args.secret_every).await?;
+                let (rate, cpu) = one_run(target, count, per_job, args.secret_every).await?;
                 eprintln!(
-                    "  {} lines/s stored, every line acknowledged and counted",
-                    thousands(rate)
+                    "  {} lines/s stored, every line acknowledged and counted; CPU per 1,000 lines: {}",
+                    thousands(rate),
+                    cpu_note(cpu),
                 );
-                Ok(rate)
+                Ok((rate, cpu))
             })
             .await?;
+        let cpu = median_cpu(&runs);
+        let rates: Vec<f64> = runs.iter().map(|(rate, _)| *rate).collect();
         let result = median(&rates);
         rows.push(Row {
             figure: "Log ingest, lines/s streamed, masked, stored".to_owned(),
             setup: format!(
-                "{count} concurrent job(s) × {} lines (~90 B, 1 in {} masked) in batches of 500, {}, {}",
+                "{count} concurrent job(s) × {} lines (~90 B, 1 in {} masked) in batches of 500, {}, {}; CPU per 1,000 lines: {}",
                 thousands(per_job as f64),
                 args.secret_every,
                 bench.database(),
                 runs_note(&rates, "/s"),
+                cpu_note(cpu),
             ),
             result: format!("{}/s", thousands(result)),
             goal: format!("≥ {}/s", thousands(GOAL)),
@@ -63,12 +67,30 @@ pub async fn run(bench: &Bench, args: &LogsArgs) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// ferryd's and ferry-bench's CPU time per 1,000 lines, in ms.
+type Cpu = (Option<f64>, Option<f64>);
+
+fn median_cpu(runs: &[(f64, Cpu)]) -> Cpu {
+    let pick = |get: fn(&Cpu) -> Option<f64>| {
+        let values: Option<Vec<f64>> = runs.iter().map(|(_, cpu)| get(cpu)).collect();
+        values.map(|values| median(&values))
+    };
+    (pick(|cpu| cpu.0), pick(|cpu| cpu.1))
+}
+
+fn cpu_note((server, bench): Cpu) -> String {
+    let ms =
+        |value: Option<f64>| value.map_or_else(|| "unknown".to_owned(), |ms| format!("{ms:.2} ms"));
+    format!("ferryd {}, ferry-bench {}", ms(server), ms(bench))
+}
+
+/// The rate in lines per second, and the CPU time per 1,000 lines.
 async fn one_run(
     target: &Target,
     count: usize,
     per_job: u64,
     secret_every: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Cpu)> {
     let label = run_label();
     let secret = format!("s3cr3t-{}", run_label());
     let (go, started) = watch::channel(false);
@@ -95,6 +117,7 @@ async fn one_run(
                 other => bail!("unexpected before the start: {other:?}"),
             }
         }
+        let cpu_before = cpu_now(target);
         let started = Instant::now();
         let _ = go.send(true);
         let (mut streamed, mut completed, mut lines) = (0, 0, 0u64);
@@ -117,14 +140,25 @@ async fn one_run(
                 other => bail!("unexpected while streaming: {other:?}"),
             }
         }
+        let cpu_after = cpu_now(target);
         if streamed != count || lines != per_job * count as u64 {
             bail!("{streamed} of {count} jobs streamed {lines} lines in all");
         }
-        anyhow::Ok(lines as f64 / last.duration_since(started).as_secs_f64().max(1e-9))
+        let per_thousand = |before: Option<Duration>, after: Option<Duration>| {
+            Some((after? - before?).as_secs_f64() * 1000.0 * 1000.0 / lines as f64)
+        };
+        let cpu = (
+            per_thousand(cpu_before.0, cpu_after.0),
+            per_thousand(cpu_before.1, cpu_after.1),
+        );
+        anyhow::Ok((
+            lines as f64 / last.duration_since(started).as_secs_f64().max(1e-9),
+            cpu,
+        ))
     }
     .await;
     fleet.stop().await;
-    let rate = result?;
+    let (rate, cpu) = result?;
     ledger.check()?;
     if errors.count > 0 {
         bail!("{} agent calls failed", errors.count);
@@ -146,7 +180,7 @@ async fn one_run(
         secret_every.min(per_job),
     )
     .await?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// Reads the first stored lines of a job: they must be numbered from 1,

@@ -18,7 +18,7 @@ use crate::cli::ThroughputArgs;
 use crate::fleet::{Behaviour, Event};
 use crate::jobs::{self, Ledger};
 use crate::report::{Row, median, runs_note, thousands};
-use crate::server::{Target, cpu_of};
+use crate::server::{Target, cpu_now};
 
 /// Longest pause in the agents' activity before the run is abandoned.
 const STALL: Duration = Duration::from_secs(30);
@@ -180,12 +180,6 @@ async fn one_run(target: &Target, agents: usize, args: &ThroughputArgs) -> anyho
         server_cpu: per_job(cpu_before.0, cpu_after.0),
         bench_cpu: per_job(cpu_before.1, cpu_after.1),
     })
-}
-
-/// CPU time used so far by ferryd (when its process is known) and by this
-/// process.
-fn cpu_now(target: &Target) -> (Option<Duration>, Option<Duration>) {
-    (target.pid.and_then(cpu_of), cpu_of(std::process::id()))
 }
 
 fn cpu_note(ms: Option<f64>) -> String {
