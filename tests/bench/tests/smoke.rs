@@ -40,3 +40,35 @@ fn smoke_throughput_every_job_ends_exactly_once() {
     eprintln!("smoke run took {:.1} s", started.elapsed().as_secs_f64());
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn smoke_calls_measure_the_floor() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args([
+            "calls",
+            "--connections",
+            "4",
+            "--calls",
+            "400",
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .expect("ferry-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "ferry-bench failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    let row = stdout
+        .lines()
+        .find(|line| line.starts_with("| One gRPC call over TLS"))
+        .unwrap_or_else(|| panic!("no table row:\n{stdout}"));
+    // ferryd's CPU per call was measured (its process is known).
+    assert!(
+        row.contains("CPU per call: ferryd ") && !row.contains("unknown"),
+        "{row}"
+    );
+}
