@@ -5,28 +5,34 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[test]
-fn smoke_throughput_every_job_ends_exactly_once() {
-    let started = Instant::now();
+/// Runs ferry-bench with `args`; its stdout and stderr once it succeeded.
+fn bench(args: &[&str]) -> (String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
-        .args([
-            "throughput",
-            "--agents",
-            "10",
-            "--jobs",
-            "200",
-            "--timeout",
-            "60s",
-        ])
+        .args(args)
         .output()
         .expect("ferry-bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
         "ferry-bench failed ({}):\n{stderr}\n{stdout}",
         output.status
     );
+    (stdout, stderr)
+}
+
+#[test]
+fn smoke_throughput_every_job_ends_exactly_once() {
+    let started = Instant::now();
+    let (stdout, stderr) = bench(&[
+        "throughput",
+        "--agents",
+        "10",
+        "--jobs",
+        "200",
+        "--timeout",
+        "60s",
+    ]);
     // The tool checks it before it reports: every job id opened once and
     // completed once by the agents, and listed once, succeeded, by ListJobs.
     assert!(
@@ -43,25 +49,15 @@ fn smoke_throughput_every_job_ends_exactly_once() {
 
 #[test]
 fn smoke_calls_measure_the_floor() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
-        .args([
-            "calls",
-            "--connections",
-            "4",
-            "--calls",
-            "400",
-            "--timeout",
-            "60s",
-        ])
-        .output()
-        .expect("ferry-bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "ferry-bench failed ({}):\n{stderr}\n{stdout}",
-        output.status
-    );
+    let (stdout, _) = bench(&[
+        "calls",
+        "--connections",
+        "4",
+        "--calls",
+        "400",
+        "--timeout",
+        "60s",
+    ]);
     let row = stdout
         .lines()
         .find(|line| line.starts_with("| One gRPC call over TLS"))

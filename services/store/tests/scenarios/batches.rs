@@ -4,7 +4,7 @@
 
 use ferry_store::{AgentSeen, AgentStatus, Error, JobState, NewLogBatch, StepReport, StepState};
 
-use crate::support::{FOREVER, TestDb, first, new_agent, new_job};
+use crate::support::{FOREVER, TestDb, claimed_job, first, new_agent, new_job};
 
 /// A job handed to a waiting agent is stored assigned to it, in one write:
 /// nobody can claim it, its holder can run it, and it reads back as written.
@@ -167,16 +167,7 @@ pub async fn grouped_log_appends(db: &TestDb) {
 pub async fn step_reports_on_log_batches(db: &TestDb) {
     let store = &db.store;
     let pool = store.create_pool("reported").await.expect("pool");
-    let job = store
-        .insert_job(new_job(&pool.id, "two steps", &["one", "two"]))
-        .await
-        .expect("job");
-    assert!(
-        store
-            .claim_job(&job.id, "agent-a", 1, FOREVER)
-            .await
-            .expect("claim")
-    );
+    let job = claimed_job(store, &pool.id, &["one", "two"], "agent-a").await;
     assert_eq!(
         store
             .log_holder(&job.id)
@@ -260,32 +251,28 @@ pub async fn step_reports_on_log_batches(db: &TestDb) {
         ]
     );
 
+    // Line `line` alone, reporting that step 1 failed at `at`; the answer.
+    let fail_step_1 = async |line: u64, at: i64| {
+        let batch = batch(
+            "agent-a",
+            line,
+            line,
+            vec![report(1, StepState::Failed, Some(3), at)],
+        );
+        let answers = store.append_log_batches(vec![batch]).await.expect("append");
+        match answers.as_slice() {
+            [Ok(acked)] => *acked,
+            other => panic!("{other:?}"),
+        }
+    };
     // The batch resent (a reconnect) with a report that would change the
     // step: its lines are old, so nothing is written.
-    let resent = store
-        .append_log_batches(vec![batch(
-            "agent-a",
-            4,
-            4,
-            vec![report(1, StepState::Failed, Some(3), 9_000)],
-        )])
-        .await
-        .expect("resent");
-    assert!(matches!(resent.as_slice(), [Ok(4)]), "{resent:?}");
+    assert_eq!(fail_step_1(4, 9_000).await, 4);
     let step = &store.job(&job.id).await.expect("read").expect("job").steps[1];
     assert_eq!((step.state, step.finished_at), (StepState::Running, None));
 
     // The step ends with the next new line.
-    let ended = store
-        .append_log_batches(vec![batch(
-            "agent-a",
-            5,
-            5,
-            vec![report(1, StepState::Failed, Some(3), 2_500)],
-        )])
-        .await
-        .expect("ended");
-    assert!(matches!(ended.as_slice(), [Ok(5)]), "{ended:?}");
+    assert_eq!(fail_step_1(5, 2_500).await, 5);
     let stored = store.job(&job.id).await.expect("read").expect("job");
     let step = &stored.steps[1];
     assert_eq!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_store::testing::PostgresCluster;
-use ferry_store::{Holder, NewAgent, NewJob, Store};
+use ferry_store::{Holder, Job, NewAgent, NewJob, Store};
 
 pub const KEY: [u8; 32] = [0x42; 32];
 
@@ -94,6 +94,23 @@ pub fn new_job(pool_id: &str, name: &str, steps: &[&str]) -> NewJob {
         source_id: None,
         max_attempts: 0,
     }
+}
+
+/// A job with these steps, queued and claimed by `agent_id` (attempt 1,
+/// a lease that never lapses).
+pub async fn claimed_job(store: &Store, pool_id: &str, steps: &[&str], agent_id: &str) -> Job {
+    let job = store
+        .insert_job(new_job(pool_id, "claimed", steps))
+        .await
+        .expect("job");
+    assert!(
+        store
+            .claim_job(&job.id, agent_id, 1, FOREVER)
+            .await
+            .expect("claim"),
+        "the job is claimed"
+    );
+    job
 }
 
 pub fn new_agent(pool_id: &str, name: &str) -> NewAgent {
