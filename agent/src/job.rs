@@ -378,12 +378,29 @@ async fn run_one_step(calls: &Calls, job: &AgentJob, step: Step<'_>, log: &mut J
             None,
         )
         .await;
-    if confirm_start && !calls.stop.lease_lost() {
+    if confirm_start {
         tokio::select! {
             stored = log.stored(announced, START_CONFIRM_TIMEOUT) => if !stored {
                 tracing::warn!(job_id = %job.job_id, waited = %seconds(START_CONFIRM_TIMEOUT), "the server has not confirmed the job's start; running the step anyway");
             },
             _ = calls.stop.wait() => {}
+        }
+        // Stopped while waiting (canceled, lease lost, timed out): the step
+        // does not start at all.
+        if let Some(stop) = calls.stop.get() {
+            let end = StepEnd {
+                state: match stop {
+                    Stop::Canceled(_) => StepState::Canceled,
+                    _ => StepState::Failed,
+                },
+                exit_code: None,
+                problem: Some(stop.describe()),
+            };
+            if !calls.stop.lease_lost() {
+                let text = format!("step {} not started: {}", spec.name, stop.describe());
+                log.step(step_index, &text, end.state, None).await;
+            }
+            return end;
         }
     }
     let timeout = spec

@@ -165,6 +165,54 @@ async fn the_first_step_runs_only_once_the_server_stored_its_start() {
 }
 
 #[tokio::test]
+async fn a_job_canceled_while_its_start_is_unconfirmed_never_runs_its_step() {
+    let (fake, temp, dir) = configured_agent().await;
+    let marker = temp.path().join("ran");
+    fake.state().refuse_streams = true;
+    let mut canceled = job(
+        JOB_A,
+        JOB_TOKEN,
+        vec![step("first", &format!("touch {}", marker.display()))],
+    );
+    canceled.lease_duration = millis(600);
+    fake.queue(canceled);
+    let (_shutdown, task) = spawn_agent(&dir, &["--once"]);
+    wait_for("a refused log stream", Duration::from_secs(10), || {
+        fake.state().refused_streams >= 1
+    })
+    .await;
+    // The cancel arrives with a lease renewal while the step waits; then
+    // the log may go through (the job's end waits for its acks).
+    fake.cancel(JOB_A);
+    let renewed = fake.state().renewals.len();
+    wait_for("two more renewals", Duration::from_secs(10), || {
+        fake.state().renewals.len() >= renewed + 2
+    })
+    .await;
+    fake.state().refuse_streams = false;
+    finish(task, Duration::from_secs(30)).await;
+    assert!(!marker.exists(), "the canceled step ran");
+    assert_eq!(
+        reports(&fake, JOB_A),
+        [
+            (0, StepState::Running as i32, None),
+            (0, StepState::Canceled as i32, None),
+        ],
+        "the step never started, so it has no exit code"
+    );
+    assert!(
+        texts(&fake, JOB_A)
+            .iter()
+            .any(|text| text.starts_with("step first not started: ")),
+        "{:?}",
+        texts(&fake, JOB_A)
+    );
+    let state = fake.state();
+    assert_eq!(state.completions.len(), 1);
+    assert_eq!(state.completions[0].result, JobResult::Canceled as i32);
+}
+
+#[tokio::test]
 async fn lease_renewals_switch_every_later_call_to_the_new_token() {
     let (fake, _temp, dir) = configured_agent().await;
     let mut renewed = job(

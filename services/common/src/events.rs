@@ -130,13 +130,23 @@ fn payloads(events: &[Event]) -> Vec<String> {
 }
 
 /// The events of a notification: an array of them, or one alone (as a
-/// replica of an earlier version sends them).
+/// replica of an earlier version sends them). An event this version cannot
+/// read (a newer replica's) is skipped with a warning; the others stand.
 fn parse_payload(payload: &str) -> serde_json::Result<Vec<Event>> {
-    if payload.trim_start().starts_with('[') {
-        serde_json::from_str(payload)
-    } else {
-        serde_json::from_str(payload).map(|event| vec![event])
+    if !payload.trim_start().starts_with('[') {
+        return serde_json::from_str(payload).map(|event| vec![event]);
     }
+    let values: Vec<serde_json::Value> = serde_json::from_str(payload)?;
+    Ok(values
+        .into_iter()
+        .filter_map(|value| match serde_json::from_value(value) {
+            Ok(event) => Some(event),
+            Err(error) => {
+                tracing::warn!(error = %error, "unreadable event");
+                None
+            }
+        })
+        .collect())
 }
 
 /// A process-unique id: 8 bytes of a random (v4) UUID.
@@ -286,6 +296,16 @@ mod tests {
             .flat_map(|payload| parse_payload(payload).expect("parse"))
             .collect();
         assert_eq!(read, events);
+        // One unreadable event (a newer replica's) costs only itself.
+        let mixed = format!(
+            "[{},{{\"NewKind\":{{}}}},{}]",
+            serde_json::to_string(&events[0]).expect("serialize"),
+            serde_json::to_string(&events[1]).expect("serialize")
+        );
+        assert_eq!(
+            parse_payload(&mixed).expect("parse"),
+            [events[0].clone(), events[1].clone()]
+        );
         // A single event, as an earlier version sends it, still reads.
         let alone = serde_json::to_string(&events[3]).expect("serialize");
         assert_eq!(parse_payload(&alone).expect("parse"), [events[3].clone()]);

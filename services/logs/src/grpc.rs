@@ -20,7 +20,7 @@ use crate::{Ingest, Logs};
 
 /// What each method needs.
 pub const AUTH: &[(&str, Requirement)] = &[
-    ("/ferry.v1.LogService/StreamLogs", Requirement::Job),
+    (STREAM_LOGS, Requirement::Job),
     (
         "/ferry.v1.LogService/FollowLogs",
         Requirement::Administrator,
@@ -260,7 +260,7 @@ async fn stream_logs(
                     .await;
                 break;
             }
-            match ingest.append(message.lines).await {
+            match ingest.append(message).await {
                 Ok(stored) => {
                     let bytes = stored.bytes();
                     in_flight_bytes += bytes;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_auth::{AdministratorIdentity, JobIdentity};
-use ferry_proto::v1::{FollowLogsResponse, JobState, LogLine};
+use ferry_proto::v1::{FollowLogsResponse, JobState};
 use ferry_service::{Error, Event, Events, Result, validate, wire};
 use ferry_store::Store;
 use prost::Message;
@@ -27,18 +27,16 @@ use tokio::sync::{mpsc, oneshot};
 pub const MAX_LINE_LEN: usize = 64 * 1024;
 /// Most lines in one batch.
 pub const MAX_LINES_PER_BATCH: usize = 10_000;
+/// Longest encoded line: its text and room for its other fields (unknown
+/// fields a newer client sends are stored with the line, within this).
+const MAX_ENCODED_LINE: usize = MAX_LINE_LEN + 1024;
 /// Stored batches read per follow step.
 const FOLLOW_BATCHES: u64 = 64;
 /// A follower re-reads the store at least this often, so a missed wake-up
 /// (another process wrote the lines) costs at most this much latency.
 const FOLLOW_BACKSTOP: Duration = Duration::from_secs(2);
 
-/// How lines are stored: one blob per batch.
-#[derive(Clone, PartialEq, prost::Message)]
-struct StoredLines {
-    #[prost(message, repeated, tag = "1")]
-    lines: Vec<LogLine>,
-}
+use raw::StoredLines;
 
 /// Most batches one group commit takes.
 const MAX_GROUP: usize = 256;
@@ -192,8 +190,8 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Bytes of line text this batch hands to the store (0 when nothing
-    /// was new): what a stream counts against its in-flight limit.
+    /// Bytes of encoded lines this batch hands to the store (0 when
+    /// nothing was new): what a stream counts against its in-flight limit.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -330,11 +328,16 @@ impl Ingest {
     /// stream reads its next batch while this one commits. The returned
     /// [`Stored`] resolves to the new cumulative ack; resolve them in
     /// order.
-    pub async fn append(&mut self, mut lines: Vec<raw::RawLine>) -> Result<Stored> {
-        if lines.len() > MAX_LINES_PER_BATCH {
+    pub async fn append(&mut self, batch: raw::RawBatch) -> Result<Stored> {
+        let raw::RawBatch {
+            mut lines,
+            excess_lines,
+            ..
+        } = batch;
+        if excess_lines > 0 {
             return Err(Error::TooLarge(format!(
                 "a batch has {} lines, the limit is {MAX_LINES_PER_BATCH}",
-                lines.len()
+                lines.len() + excess_lines
             )));
         }
         for (offset, line) in lines.iter().enumerate() {
@@ -342,6 +345,13 @@ impl Ingest {
                 return Err(Error::TooLarge(format!(
                     "line {} is {} bytes, the limit is {MAX_LINE_LEN}",
                     line.sequence, line.text_len
+                )));
+            }
+            if line.bytes.len() > MAX_ENCODED_LINE {
+                return Err(Error::TooLarge(format!(
+                    "line {} is {} bytes encoded, the limit is {MAX_ENCODED_LINE}",
+                    line.sequence,
+                    line.bytes.len()
                 )));
             }
             if offset > 0 && line.sequence != lines[offset - 1].sequence + 1 {
@@ -366,7 +376,9 @@ impl Ingest {
                 self.sent + 1
             )));
         }
-        let bytes: usize = lines.iter().map(|line| line.text_len).sum();
+        let text: usize = lines.iter().map(|line| line.text_len).sum();
+        // What the stream holds in memory: the lines as encoded.
+        let bytes: usize = lines.iter().map(|line| line.bytes.len()).sum();
         let (done, answer) = oneshot::channel();
         let append = Append {
             job_id: self.job_id.clone(),
@@ -375,7 +387,7 @@ impl Ingest {
             first,
             last,
             lines: lines.len() as u64,
-            bytes: bytes as u64,
+            bytes: text as u64,
             blob: raw::stored_blob(&lines),
             steps,
             done,

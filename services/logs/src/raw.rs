@@ -19,22 +19,37 @@ use prost::{DecodeError, Message};
 const REQUEST_JOB_ID: u32 = 1;
 /// `StreamLogsRequest.lines`.
 const REQUEST_LINES: u32 = 2;
-/// `LogLine` fields ingest reads.
+/// `LogLine`'s fields.
 const LINE_SEQUENCE: u32 = 1;
 const LINE_STEP_INDEX: u32 = 2;
 const LINE_TIME: u32 = 3;
+const LINE_STREAM: u32 = 4;
 const LINE_TEXT: u32 = 5;
 const LINE_STEP_UPDATE: u32 = 6;
 /// The stored blob's field of lines (`StoredLines.lines`).
 const STORED_LINES: u32 = 1;
+/// Most lines a batch may hold ([`crate::MAX_LINES_PER_BATCH`]); lines past
+/// it are counted, not kept, so a message of tiny lines cannot make
+/// decoding hold millions of them.
+const MAX_LINES: usize = crate::MAX_LINES_PER_BATCH;
+
+/// How lines are stored: one blob per batch, the encoding of this message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredLines {
+    #[prost(message, repeated, tag = "1")]
+    pub lines: Vec<ferry_proto::v1::LogLine>,
+}
 
 /// A `StreamLogsRequest` whose lines stay encoded.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RawBatch {
     /// The job id (required in the first message).
     pub job_id: String,
-    /// The lines, in the order sent.
+    /// The lines, in the order sent (at most `MAX_LINES_PER_BATCH`).
     pub lines: Vec<RawLine>,
+    /// Lines past `MAX_LINES_PER_BATCH`, dropped while decoding: a batch
+    /// with any is refused.
+    pub excess_lines: usize,
 }
 
 /// One `LogLine` as received, and what ingest checks of it.
@@ -67,6 +82,10 @@ impl RawLine {
                 LINE_STEP_INDEX => {
                     check_wire_type(WireType::Varint, wire_type)?;
                     line.step_index = decode_varint(&mut buf)? as u32;
+                }
+                LINE_STREAM => {
+                    check_wire_type(WireType::Varint, wire_type)?;
+                    decode_varint(&mut buf)?;
                 }
                 LINE_TIME => {
                     let time = line.time.get_or_insert_with(Default::default);
@@ -113,11 +132,7 @@ impl Message for RawBatch {
         if !self.job_id.is_empty() {
             prost::encoding::string::encode(REQUEST_JOB_ID, &self.job_id, buf);
         }
-        for line in &self.lines {
-            encode_key(REQUEST_LINES, WireType::LengthDelimited, buf);
-            encode_varint(line.bytes.len() as u64, buf);
-            buf.put_slice(&line.bytes);
-        }
+        put_lines(REQUEST_LINES, &self.lines, buf);
     }
 
     fn merge_field(
@@ -133,7 +148,11 @@ impl Message for RawBatch {
                 // tonic's buffer hands its bytes over without a copy
                 let mut bytes = Bytes::new();
                 prost::encoding::bytes::merge(wire_type, &mut bytes, buf, ctx)?;
-                self.lines.push(RawLine::parse(bytes)?);
+                if self.lines.len() >= MAX_LINES {
+                    self.excess_lines += 1;
+                } else {
+                    self.lines.push(RawLine::parse(bytes)?);
+                }
                 Ok(())
             }
             _ => skip_field(wire_type, tag, buf, ctx),
@@ -152,6 +171,7 @@ impl Message for RawBatch {
     fn clear(&mut self) {
         self.job_id.clear();
         self.lines.clear();
+        self.excess_lines = 0;
     }
 }
 
@@ -166,18 +186,35 @@ fn lines_len(tag: u32, lines: &[RawLine]) -> usize {
 /// each line's bytes as received.
 pub fn stored_blob(lines: &[RawLine]) -> Vec<u8> {
     let mut blob = Vec::with_capacity(lines_len(STORED_LINES, lines));
-    for line in lines {
-        encode_key(STORED_LINES, WireType::LengthDelimited, &mut blob);
-        encode_varint(line.bytes.len() as u64, &mut blob);
-        blob.extend_from_slice(&line.bytes);
-    }
+    put_lines(STORED_LINES, lines, &mut blob);
     blob
+}
+
+/// Each line as field `tag`: its key, its length, its bytes.
+fn put_lines(tag: u32, lines: &[RawLine], buf: &mut impl BufMut) {
+    for line in lines {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(line.bytes.len() as u64, buf);
+        buf.put_slice(&line.bytes);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ferry_proto::v1::{LogLine, LogStream, StepState, StreamLogsRequest};
+
+    #[test]
+    fn lines_past_the_limit_are_counted_not_kept() {
+        let request = StreamLogsRequest {
+            job_id: String::new(),
+            lines: (1..=(MAX_LINES as u64 + 3))
+                .map(|sequence| line(sequence, ""))
+                .collect(),
+        };
+        let raw = RawBatch::decode(request.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!((raw.lines.len(), raw.excess_lines), (MAX_LINES, 3));
+    }
 
     fn line(sequence: u64, text: &str) -> LogLine {
         LogLine {
@@ -220,11 +257,6 @@ mod tests {
         assert_eq!(raw.encoded_len(), request.encoded_len());
 
         // The stored blob decodes as the lines sent.
-        #[derive(Clone, PartialEq, prost::Message)]
-        struct StoredLines {
-            #[prost(message, repeated, tag = "1")]
-            lines: Vec<LogLine>,
-        }
         let stored = StoredLines::decode(stored_blob(&raw.lines).as_slice()).expect("stored");
         assert_eq!(stored.lines, lines);
     }
@@ -245,11 +277,32 @@ mod tests {
         truncated.extend_from_slice(b"short");
         assert!(RawLine::parse(Bytes::from(truncated)).is_err());
 
-        let mut wrong_type = Vec::new();
-        encode_key(LINE_SEQUENCE, WireType::LengthDelimited, &mut wrong_type);
-        encode_varint(1, &mut wrong_type);
-        wrong_type.push(b'x');
-        assert!(RawLine::parse(Bytes::from(wrong_type)).is_err());
+        // A known field of the wrong type is refused, as LogLine's decoder
+        // refuses it: what is stored must decode again.
+        for tag in [
+            LINE_SEQUENCE,
+            LINE_STEP_INDEX,
+            LINE_TIME,
+            LINE_STREAM,
+            LINE_TEXT,
+            LINE_STEP_UPDATE,
+        ] {
+            for (wire_type, value) in [
+                (WireType::LengthDelimited, &[1u8, b'x'][..]),
+                (WireType::Varint, &[7u8][..]),
+            ] {
+                let mut field = Vec::new();
+                encode_key(tag, wire_type, &mut field);
+                field.extend_from_slice(value);
+                let raw = RawLine::parse(Bytes::from(field.clone()));
+                let decoded = LogLine::decode(field.as_slice());
+                assert_eq!(
+                    raw.is_ok(),
+                    decoded.is_ok(),
+                    "field {tag} as {wire_type:?}: parse {raw:?}, decode {decoded:?}"
+                );
+            }
+        }
 
         // Unknown fields pass (a newer client), and stay in the bytes.
         let mut unknown = line(1, "x").encode_to_vec();

@@ -20,7 +20,8 @@ impl Store {
     /// (`NotFound` when the job or the step does not exist).
     ///
     /// `Running` sets the step's `started_at` (first report wins) and moves
-    /// an `Assigned` job to `Running` with `started_at = now`. Final step
+    /// an `Assigned` job to `Running` with `started_at = now` (or its
+    /// `assigned_at`, if later). Final step
     /// states set `finished_at` and `exit_code`. (Reports carried by log
     /// lines are recorded the same way by `append_log_batches`.)
     pub async fn update_step(
@@ -112,8 +113,10 @@ impl Store {
 }
 
 /// Adds to an `UPDATE jobs` what `reports` say of the job itself: the first
-/// `Running` report starts an `Assigned` job at its time (a `Running` job
-/// stays as it is). Unchanged when no report is `Running`.
+/// `Running` report starts an `Assigned` job at its time, or when the job was
+/// assigned if that is later (a report's time comes from the agent's clock,
+/// and the server's timeout counts from the start); a `Running` job stays as
+/// it is. Unchanged when no report is `Running`.
 pub(crate) fn start_job(
     update: UpdateMany<job::Entity>,
     reports: &[StepReport],
@@ -136,7 +139,17 @@ pub(crate) fn start_job(
         .col_expr(
             job::Column::StartedAt,
             CaseStatement::new()
-                .case(assigned, Expr::value(Some(started.at)))
+                .case(
+                    assigned,
+                    Func::greatest([
+                        Func::coalesce([
+                            Expr::col(job::Column::AssignedAt),
+                            Expr::value(started.at),
+                        ])
+                        .into(),
+                        Expr::value(started.at),
+                    ]),
+                )
                 .finally(Expr::col(job::Column::StartedAt))
                 .into(),
         )

@@ -308,8 +308,35 @@ const USER_HZ: u64 = 100;
 
 /// CPU time used so far by ferryd (when its process is known) and by this
 /// process.
-pub fn cpu_now(target: &Target) -> (Option<Duration>, Option<Duration>) {
-    (target.pid.and_then(cpu_of), cpu_of(std::process::id()))
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    server: Option<Duration>,
+    bench: Option<Duration>,
+}
+
+/// The CPU time ferryd and this process have used so far.
+pub fn cpu_now(target: &Target) -> CpuMark {
+    CpuMark {
+        server: target.pid.and_then(cpu_of),
+        bench: cpu_of(std::process::id()),
+    }
+}
+
+impl CpuMark {
+    /// ferryd's and this process's CPU time from `self` to `later`, in
+    /// seconds × `scale`, divided by `units` (e.g. ms per job); `None` where
+    /// unknown or where the clock went backwards (another process reusing
+    /// the id).
+    pub fn per(&self, later: &CpuMark, units: f64, scale: f64) -> (Option<f64>, Option<f64>) {
+        let spent = |before: Option<Duration>, after: Option<Duration>| {
+            let spent = after?.checked_sub(before?)?;
+            Some(spent.as_secs_f64() * scale / units.max(1.0))
+        };
+        (
+            spent(self.server, later.server),
+            spent(self.bench, later.bench),
+        )
+    }
 }
 
 /// CPU time a process has used so far (user + system, all its threads),
@@ -353,6 +380,25 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_spent_is_divided_per_unit_and_never_negative() {
+        let mark = |server: u64, bench: u64| CpuMark {
+            server: Some(Duration::from_millis(server)),
+            bench: Some(Duration::from_millis(bench)),
+        };
+        // 300 ms and 100 ms over 100 jobs, in ms: 3 and 1 per job.
+        let (server, bench) = mark(1_000, 500).per(&mark(1_300, 600), 100.0, 1000.0);
+        assert!((server.expect("server") - 3.0).abs() < 1e-9);
+        assert!((bench.expect("bench") - 1.0).abs() < 1e-9);
+        // A clock that went backwards (another process) gives no figure.
+        assert_eq!(mark(1_000, 500).per(&mark(900, 600), 1.0, 1.0).0, None);
+        let unknown = CpuMark {
+            server: None,
+            bench: None,
+        };
+        assert_eq!(unknown.per(&mark(1, 1), 1.0, 1.0), (None, None));
+    }
 
     #[test]
     fn status_fields_are_read_in_kib() {

@@ -289,6 +289,40 @@ pub async fn step_reports_on_log_batches(db: &TestDb) {
         Some(1_000),
         "a running job keeps its start"
     );
+
+    // An agent whose clock is behind: the job starts no earlier than it was
+    // assigned (the server's timeout counts from there).
+    let late = claimed_job(store, &pool.id, &["only"], "agent-a").await;
+    let assigned_at = store
+        .job(&late.id)
+        .await
+        .expect("read")
+        .and_then(|job| job.assigned_at)
+        .expect("assigned");
+    let answers = store
+        .append_log_batches(vec![NewLogBatch {
+            job_id: &late.id,
+            holder: first("agent-a"),
+            first: 1,
+            last: 1,
+            lines: b"line".to_vec(),
+            steps: vec![report(
+                0,
+                StepState::Running,
+                None,
+                assigned_at - 60_000_000,
+            )],
+        }])
+        .await
+        .expect("append");
+    assert!(matches!(answers.as_slice(), [Ok(1)]), "{answers:?}");
+    let started = store.job(&late.id).await.expect("read").expect("job");
+    assert_eq!(started.started_at, Some(assigned_at));
+    assert_eq!(
+        started.steps[0].started_at,
+        Some(assigned_at - 60_000_000),
+        "the step keeps the agent's time"
+    );
 }
 
 /// Statuses recorded together; a sighting older than the stored one (from

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::task::JoinSet;
@@ -21,8 +20,9 @@ use crate::cli::CallsArgs;
 use crate::report::{Row, median, runs_note, thousands};
 use crate::server::{Target, cpu_now};
 
-/// Calls a one-step job makes: QueueJob, PollJob, StreamLogs (two messages
-/// and two acks on one call), CompleteJob.
+/// Calls a one-step job makes as this tool's agents run it: QueueJob,
+/// PollJob, StreamLogs (two messages and two acks on one call),
+/// CompleteJob. (ferry-agent also fetches a listener token after each job.)
 pub const CALLS_PER_JOB: f64 = 4.0;
 
 /// One run's rate and CPU time per call.
@@ -120,13 +120,11 @@ async fn one_run(target: &Target, args: &CallsArgs) -> anyhow::Result<Rates> {
     }
     let elapsed = started.elapsed();
     let after = cpu_now(target);
-    let per_call = |before: Option<Duration>, after: Option<Duration>| {
-        Some((after? - before?).as_secs_f64() * 1_000_000.0 / args.calls as f64)
-    };
+    let (server_cpu, bench_cpu) = before.per(&after, args.calls as f64, 1_000_000.0);
     Ok(Rates {
         calls: args.calls as f64 / elapsed.as_secs_f64().max(1e-9),
-        server_cpu: per_call(before.0, after.0),
-        bench_cpu: per_call(before.1, after.1),
+        server_cpu,
+        bench_cpu,
     })
 }
 

@@ -144,13 +144,8 @@ async fn one_run(
         if streamed != count || lines != per_job * count as u64 {
             bail!("{streamed} of {count} jobs streamed {lines} lines in all");
         }
-        let per_thousand = |before: Option<Duration>, after: Option<Duration>| {
-            Some((after? - before?).as_secs_f64() * 1000.0 * 1000.0 / lines as f64)
-        };
-        let cpu = (
-            per_thousand(cpu_before.0, cpu_after.0),
-            per_thousand(cpu_before.1, cpu_after.1),
-        );
+        // ms per 1,000 lines
+        let cpu = cpu_before.per(&cpu_after, lines as f64 / 1000.0, 1000.0);
         anyhow::Ok((
             lines as f64 / last.duration_since(started).as_secs_f64().max(1e-9),
             cpu,

@@ -170,15 +170,14 @@ async fn one_run(target: &Target, agents: usize, args: &ThroughputArgs) -> anyho
     }
     let rate =
         |end: Instant| args.jobs as f64 / end.duration_since(started).as_secs_f64().max(1e-9);
-    let per_job = |before: Option<Duration>, after: Option<Duration>| {
-        Some((after? - before?).as_secs_f64() * 1000.0 / args.jobs as f64)
-    };
+    // ms per job
+    let (server_cpu, bench_cpu) = cpu_before.per(&cpu_after, args.jobs as f64, 1000.0);
     Ok(Rates {
         queued: rate(last_queued),
         dispatched: rate(last_opened),
         completed: rate(last_completed),
-        server_cpu: per_job(cpu_before.0, cpu_after.0),
-        bench_cpu: per_job(cpu_before.1, cpu_after.1),
+        server_cpu,
+        bench_cpu,
     })
 }
 
