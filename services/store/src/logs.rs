@@ -68,13 +68,22 @@ impl Store {
         &self,
         batches: Vec<NewLogBatch<'_>>,
     ) -> Result<Vec<Result<u64>>> {
+        // Jobs' rows are locked in one order, by id, whoever writes (a
+        // stable sort: a job's batches keep theirs): two groups on
+        // PostgreSQL (another replica's, after an agent reconnected there)
+        // then never wait on each other. Answers go back in the given order.
+        let mut order: Vec<(usize, NewLogBatch<'_>)> = batches.into_iter().enumerate().collect();
+        order.sort_by(|(_, one), (_, other)| one.job_id.cmp(other.job_id));
+        let mut answers: Vec<Option<Result<u64>>> = order.iter().map(|_| None).collect();
         let txn = self.begin_write().await?;
-        let mut answers = Vec::with_capacity(batches.len());
-        for batch in batches {
-            answers.push(append_in(&txn, batch).await?);
+        for (position, batch) in order {
+            answers[position] = Some(append_in(&txn, batch).await?);
         }
         txn.commit().await?;
-        Ok(answers)
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(Error::Invalid("no log batch".to_owned()))))
+            .collect())
     }
 
     /// The last log line stored for a job (0 when none). `NotFound` when the
