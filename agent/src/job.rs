@@ -297,7 +297,6 @@ async fn run_steps(
     let source_ok = failure.is_none();
 
     let mut tolerated = 0usize;
-    let mut started = false;
     for (index, spec) in job.steps.iter().enumerate() {
         let step_index = u32::try_from(index).unwrap_or(u32::MAX);
         let span = telemetry::step_span(step_index, &log.mask(&spec.name));
@@ -313,9 +312,10 @@ async fn run_steps(
             spec,
             workspace: &workspace,
             script_dir: &script_dir,
-            confirm_start: !started,
+            // Steps run as a prefix (after a failure every step is
+            // skipped), so the first to run is step 0.
+            confirm_start: index == 0,
         };
-        started = true;
         let end = run_one_step(calls, job, step, log)
             .instrument(span.clone())
             .await;

@@ -117,6 +117,16 @@ pub fn median(values: &[f64]) -> f64 {
         .unwrap_or_default()
 }
 
+/// A CPU time in milliseconds ("1.23 ms"), or "unknown".
+pub fn ms_note(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "unknown".to_owned(), |ms| format!("{ms:.2} ms"))
+}
+
+/// A CPU time in microseconds ("44 µs"), or "unknown".
+pub fn micros_note(micros: Option<f64>) -> String {
+    micros.map_or_else(|| "unknown".to_owned(), |micros| format!("{micros:.0} µs"))
+}
+
 /// `12,345`.
 pub fn thousands(value: f64) -> String {
     let rounded = value.round() as u64;

@@ -111,18 +111,8 @@ pub async fn grouped_log_appends(db: &TestDb) {
     let store = &db.store;
     let pool = store.create_pool("grouped").await.expect("pool");
     let mut jobs = Vec::new();
-    for (name, agent) in [("a", "agent-a"), ("b", "agent-b")] {
-        let job = store
-            .insert_job(new_job(&pool.id, name, &["s"]))
-            .await
-            .expect("job");
-        assert!(
-            store
-                .claim_job(&job.id, agent, 1, FOREVER)
-                .await
-                .expect("claim")
-        );
-        jobs.push(job.id);
+    for agent in ["agent-a", "agent-b"] {
+        jobs.push(claimed_job(store, &pool.id, &["s"], agent).await.id);
     }
     let batch = |job: usize, agent: &'static str, first_line: u64, last: u64| NewLogBatch {
         job_id: &jobs[job],
@@ -143,10 +133,7 @@ pub async fn grouped_log_appends(db: &TestDb) {
         ])
         .await
         .expect("group");
-    let answers: Vec<_> = answers
-        .into_iter()
-        .map(|answer| answer.map_err(|error| matches!(error, Error::Conflict(_))))
-        .collect();
+    let answers = conflicts(answers);
     assert_eq!(answers, [Ok(2), Ok(5), Ok(4), Err(true), Err(true), Ok(7)]);
     assert_eq!(store.log_sequence(&jobs[0]).await.expect("a"), 4);
     assert_eq!(store.log_sequence(&jobs[1]).await.expect("b"), 7);
@@ -158,6 +145,15 @@ pub async fn grouped_log_appends(db: &TestDb) {
         .map(|batch| (batch.first, batch.last))
         .collect();
     assert_eq!(stored, [(1, 5), (6, 7)], "the refused batch left no trace");
+}
+
+/// A group's answers with each refusal reduced to whether it is a
+/// `Conflict`.
+fn conflicts(answers: Vec<ferry_store::Result<u64>>) -> Vec<Result<u64, bool>> {
+    answers
+        .into_iter()
+        .map(|answer| answer.map_err(|error| matches!(error, Error::Conflict(_))))
+        .collect()
 }
 
 /// Step reports ride on log batches: recorded with the lines, once (a
@@ -219,10 +215,7 @@ pub async fn step_reports_on_log_batches(db: &TestDb) {
         ])
         .await
         .expect("group");
-    let answers: Vec<_> = answers
-        .into_iter()
-        .map(|answer| answer.map_err(|error| matches!(error, Error::Conflict(_))))
-        .collect();
+    let answers = conflicts(answers);
     assert_eq!(answers, [Ok(3), Err(true), Ok(4)]);
     let stored = store.job(&job.id).await.expect("read").expect("job");
     assert_eq!(stored.state, JobState::Running);

@@ -17,7 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::Bench;
 use crate::cli::CallsArgs;
-use crate::report::{Row, median, runs_note, thousands};
+use crate::report::{Row, median, micros_note, runs_note, thousands};
 use crate::server::{Target, cpu_now};
 
 /// Calls a one-step job makes as this tool's agents run it: QueueJob,
@@ -126,8 +126,4 @@ async fn one_run(target: &Target, args: &CallsArgs) -> anyhow::Result<Rates> {
         server_cpu,
         bench_cpu,
     })
-}
-
-fn micros_note(micros: Option<f64>) -> String {
-    micros.map_or_else(|| "unknown".to_owned(), |micros| format!("{micros:.0} µs"))
 }

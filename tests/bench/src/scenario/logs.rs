@@ -21,7 +21,7 @@ use super::{Bench, Errors, launch, run_label};
 use crate::cli::LogsArgs;
 use crate::fleet::{Behaviour, Event};
 use crate::jobs::{self, Ledger};
-use crate::report::{Row, median, runs_note, thousands};
+use crate::report::{Row, median, ms_note, runs_note, thousands};
 use crate::server::{Target, cpu_now};
 
 const GOAL: f64 = 1_000_000.0;
@@ -79,9 +79,7 @@ fn median_cpu(runs: &[(f64, Cpu)]) -> Cpu {
 }
 
 fn cpu_note((server, bench): Cpu) -> String {
-    let ms =
-        |value: Option<f64>| value.map_or_else(|| "unknown".to_owned(), |ms| format!("{ms:.2} ms"));
-    format!("ferryd {}, ferry-bench {}", ms(server), ms(bench))
+    format!("ferryd {}, ferry-bench {}", ms_note(server), ms_note(bench))
 }
 
 /// The rate in lines per second, and the CPU time per 1,000 lines.

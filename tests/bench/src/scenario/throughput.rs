@@ -17,7 +17,7 @@ use super::{Bench, Errors, launch, run_label};
 use crate::cli::ThroughputArgs;
 use crate::fleet::{Behaviour, Event};
 use crate::jobs::{self, Ledger};
-use crate::report::{Row, median, runs_note, thousands};
+use crate::report::{Row, median, ms_note, runs_note, thousands};
 use crate::server::{Target, cpu_now};
 
 /// Longest pause in the agents' activity before the run is abandoned.
@@ -48,8 +48,8 @@ pub async fn run(bench: &Bench, args: &ThroughputArgs) -> anyhow::Result<Vec<Row
                     thousands(rates.queued),
                     thousands(rates.dispatched),
                     thousands(rates.completed),
-                    cpu_note(rates.server_cpu),
-                    cpu_note(rates.bench_cpu),
+                    ms_note(rates.server_cpu),
+                    ms_note(rates.bench_cpu),
                 );
                 Ok(rates)
             })
@@ -64,7 +64,7 @@ pub async fn run(bench: &Bench, args: &ThroughputArgs) -> anyhow::Result<Vec<Row
         let result = median(&completed);
         let cpu = |get: fn(&Rates) -> Option<f64>| {
             let values: Option<Vec<f64>> = runs.iter().map(get).collect();
-            cpu_note(values.map(|values| median(&values)))
+            ms_note(values.map(|values| median(&values)))
         };
         rows.push(Row {
             figure: "Throughput, jobs/s queued / dispatched / completed".to_owned(),
@@ -179,8 +179,4 @@ async fn one_run(target: &Target, agents: usize, args: &ThroughputArgs) -> anyho
         server_cpu,
         bench_cpu,
     })
-}
-
-fn cpu_note(ms: Option<f64>) -> String {
-    ms.map_or_else(|| "unknown".to_owned(), |ms| format!("{ms:.2} ms"))
 }
