@@ -196,6 +196,14 @@ async fn run_once_runs_a_job_reports_it_and_streams_masked_logs() {
             .any(|(method, _)| *method == "ReportStep"),
         "steps are reported on their log lines, not with ReportStep"
     );
+    assert_eq!(state.stream_ends, 1, "the job completes on its log stream");
+    assert!(
+        !state
+            .authorizations
+            .iter()
+            .any(|(method, _)| *method == "CompleteJob"),
+        "no CompleteJob call"
+    );
     let reports: Vec<(u32, i32, Option<i32>)> = state
         .reports
         .iter()
@@ -315,11 +323,38 @@ async fn a_refused_listener_token_is_replaced_at_once() {
         .expect("the agent recovers quickly")
         .expect("run");
     let state = fake.state();
-    // The refused one, its replacement, and the fresh one after the job.
-    assert_eq!(state.token_fetches, 3);
+    // The refused one and its replacement; none after the job, whose token
+    // has most of its life ahead.
+    assert_eq!(state.token_fetches, 2);
     assert_eq!(state.completions.len(), 1);
     assert_eq!(state.completions[0].result, JobResult::Succeeded as i32);
     assert_eq!(state.completions[0].message, "all 1 steps succeeded");
+}
+
+#[tokio::test]
+async fn a_job_that_outlived_half_the_listener_token_renews_it_after() {
+    let (fake, _temp, dir) = configured_agent().await;
+    {
+        let mut state = fake.state();
+        state.token_life = Some(Duration::from_secs(4));
+        state.queue.push_back(AgentJob {
+            job_id: "0190f0a0-cccc-7000-8000-000000000004".into(),
+            name: "slow".into(),
+            steps: vec![step("slow", "sleep 2.5")],
+            job_token: JOB_TOKEN.into(),
+            ..AgentJob::default()
+        });
+    }
+    let cli =
+        Cli::try_parse_from(["ferry-agent", "run", "--once", "--dir", &dir]).expect("arguments");
+    tokio::time::timeout(Duration::from_secs(20), run(cli))
+        .await
+        .expect("the job ends")
+        .expect("run");
+    let state = fake.state();
+    // The first token, and a fresh one after the job (2.5 s of a 4 s life).
+    assert_eq!(state.token_fetches, 2);
+    assert_eq!(state.completions.len(), 1);
 }
 
 #[tokio::test]

@@ -226,7 +226,8 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
         };
     }
 
-    drop(log);
+    log.finish(result, &fit_message(&message));
+    let mut completed = false;
     match upload.await {
         Ok(summary) if summary.lost > 0 => {
             tracing::warn!(job_id = %job_id, lost = summary.lost, lines = summary.lines, "log lines were never acknowledged and are lost");
@@ -235,14 +236,16 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
                 summary.lost, summary.lines
             ));
         }
-        Ok(summary) => tracing::debug!(job_id = %job_id, lines = summary.lines, "log uploaded"),
+        Ok(summary) => {
+            tracing::debug!(job_id = %job_id, lines = summary.lines, "log uploaded");
+            completed = summary.completed.is_some();
+        }
         Err(error) => tracing::error!(job_id = %job_id, %error, "the log uploader failed"),
     }
-    let completed = if stop.lease_lost() {
-        false
-    } else {
-        complete(&calls.jobs, &job_id, result, &message).await
-    };
+    // The log stream completes the job; CompleteJob when it could not.
+    if !completed && !stop.lease_lost() {
+        completed = complete(&calls.jobs, &job_id, result, &message).await;
+    }
     renewer.abort();
     bearer.clear();
     let report = JobReport {
@@ -597,6 +600,22 @@ async fn skip(log: &mut JobLog, step_index: u32, name: &str) {
     .await;
 }
 
+/// Longest job message the server takes, in bytes.
+const MAX_MESSAGE: usize = 4096;
+
+/// `message` cut to what the server takes (at a character boundary, marked
+/// with "…"): a long step name must not make the job's end refused.
+fn fit_message(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_owned();
+    }
+    let mut cut = MAX_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &message[..cut])
+}
+
 /// Completes the job; returns whether the server took it.
 async fn complete(
     jobs: &JobServiceClient<Authorized>,
@@ -607,7 +626,7 @@ async fn complete(
     let request = CompleteJobRequest {
         job_id: job_id.to_owned(),
         result: result as i32,
-        message: message.to_owned(),
+        message: fit_message(message),
     };
     let outcome = with_retries("CompleteJob", 5, || {
         let mut jobs = jobs.clone();
@@ -621,5 +640,23 @@ async fn complete(
             tracing::error!(job_id = %job_id, error = %describe(&status), "cannot complete the job");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_to_what_the_server_takes() {
+        assert_eq!(
+            fit_message("all 2 steps succeeded"),
+            "all 2 steps succeeded"
+        );
+        let long = format!("step {} failed", "é".repeat(3000));
+        let cut = fit_message(&long);
+        assert!(cut.len() <= MAX_MESSAGE, "{}", cut.len());
+        assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(fit_message(&"x".repeat(MAX_MESSAGE)).len(), MAX_MESSAGE);
     }
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use ferry_proto::v1::{LogLine, LogStream, StepState, StepUpdate};
-use tokio::sync::{mpsc, watch};
+use ferry_proto::v1::{JobEnd, JobResult, LogLine, LogStream, StepState, StepUpdate};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::logs::LogSender;
 use crate::masking::{ADD_MASK_COMMAND, MASK, Masker, add_mask_value};
@@ -20,6 +20,8 @@ pub struct JobLog {
     sender: mpsc::Sender<LogLine>,
     /// The server's acknowledgements, when the lines go to an uploader.
     stored: Option<watch::Receiver<u64>>,
+    /// Takes the job's end, when the lines go to an uploader.
+    end: Option<oneshot::Sender<JobEnd>>,
 }
 
 impl JobLog {
@@ -30,6 +32,7 @@ impl JobLog {
             next_sequence: 1,
             sender,
             stored: None,
+            end: None,
         }
     }
 
@@ -38,7 +41,21 @@ impl JobLog {
     pub fn uploading(masker: Masker, sender: LogSender) -> JobLog {
         JobLog {
             stored: Some(sender.stored),
+            end: Some(sender.end),
             ..JobLog::new(masker, sender.lines)
+        }
+    }
+
+    /// Closes the log with the job's end (its message masked): the
+    /// uploader sends it after the last line, and the server completes the
+    /// job once every line is stored. Dropping the log instead closes it
+    /// without an end.
+    pub fn finish(mut self, result: JobResult, message: &str) {
+        if let Some(end) = self.end.take() {
+            let _ = end.send(JobEnd {
+                result: result.into(),
+                message: self.mask(message),
+            });
         }
     }
 

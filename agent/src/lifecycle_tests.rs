@@ -164,6 +164,49 @@ async fn the_first_step_runs_only_once_the_server_stored_its_start() {
     assert_eq!(fake.state().completions.len(), 1);
 }
 
+/// Runs a one-step job whose end the server refuses with `code`; returns
+/// the fake once the agent is done (well within the 30 s the uploader
+/// would wait for a missing ack) and its one completion's message.
+async fn run_with_refused_end(code: tonic::Code) -> (Fake, String) {
+    let (fake, _temp, dir) = configured_agent().await;
+    fake.state().refuse_ends = Some(code);
+    fake.queue(job(JOB_A, JOB_TOKEN, vec![step("one", "echo one")]));
+    let (_shutdown, task) = spawn_agent(&dir, &["--once"]);
+    finish(task, Duration::from_secs(20)).await;
+    let state = fake.state();
+    assert_eq!(state.stream_ends, 0);
+    assert_eq!(state.completions.len(), 1, "{code:?}");
+    assert_eq!(state.completions[0].result, JobResult::Succeeded as i32);
+    assert!(
+        state
+            .authorizations
+            .iter()
+            .any(|(method, _)| *method == "CompleteJob"),
+        "completed with CompleteJob"
+    );
+    let message = state.completions[0].message.clone();
+    drop(state);
+    (fake, message)
+}
+
+#[tokio::test]
+async fn an_end_the_server_cannot_take_leaves_the_lines_to_go_on_and_completes_with_complete_job() {
+    let (fake, message) = run_with_refused_end(tonic::Code::InvalidArgument).await;
+    assert_eq!(message, "all 1 steps succeeded");
+    assert!(has_line(&fake, JOB_A, "one"));
+    assert_gap_free(&fake, JOB_A);
+}
+
+#[tokio::test]
+async fn an_end_refused_because_the_job_moved_ends_the_upload_at_once() {
+    let (_fake, message) = run_with_refused_end(tonic::Code::FailedPrecondition).await;
+    // The lines that went with the end could not be stored: it says so.
+    assert!(
+        message.starts_with("all 1 steps succeeded; ") && message.ends_with(" log lines lost"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_job_canceled_while_its_start_is_unconfirmed_never_runs_its_step() {
     let (fake, temp, dir) = configured_agent().await;
@@ -270,12 +313,9 @@ async fn lease_renewals_switch_every_later_call_to_the_new_token() {
         "the log stream reconnected with {:?}",
         log_streams.last()
     );
-    let (_, complete_header) = state
-        .authorizations
-        .iter()
-        .rfind(|(method, _)| *method == "CompleteJob")
-        .expect("completed");
-    assert!(renewed_header(complete_header), "{complete_header}");
+    // The job completed on that last stream, with the renewed token.
+    assert_eq!(state.completions.len(), 1);
+    assert_eq!(state.stream_ends, 1);
     // The first token was revoked after the second renewal: every call
     // made with it would have failed.
     assert!(!state.valid_job_tokens.contains(JOB_TOKEN));

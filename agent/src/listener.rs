@@ -158,18 +158,27 @@ struct Listener {
     bearer: Bearer,
     jobs: JobServiceClient<Authorized>,
     /// When to fetch a new listener token; `None` for now.
-    refresh_at: Mutex<Option<Instant>>,
+    refresh_at: Mutex<Option<TokenSchedule>>,
+}
+
+/// When the listener token in use is due for a refresh.
+#[derive(Debug, Clone, Copy)]
+struct TokenSchedule {
+    /// Before a poll: at 80 % of its life.
+    refresh_at: Instant,
+    /// After a job: past half its life.
+    renew_after_job_at: Instant,
 }
 
 impl Listener {
     /// Makes sure a listener token is in place, fetching one when none is
     /// or it is due (one slot fetches, the others wait for it).
     async fn ensure_token(&self) -> Result<(), PollError> {
-        let mut refresh_at = self.refresh_at.lock().await;
-        if refresh_at.is_some_and(|refresh_at| Instant::now() < refresh_at) {
+        let mut schedule = self.refresh_at.lock().await;
+        if schedule.is_some_and(|schedule| Instant::now() < schedule.refresh_at) {
             return Ok(());
         }
-        *refresh_at = Some(self.refresh_token().await?);
+        *schedule = Some(self.refresh_token().await?);
         Ok(())
     }
 
@@ -179,7 +188,7 @@ impl Listener {
     }
 
     /// Fetches and opens a new listener token; returns when to refresh it.
-    async fn refresh_token(&self) -> Result<Instant, PollError> {
+    async fn refresh_token(&self) -> Result<TokenSchedule, PollError> {
         let agent_id = self.settings.agent_id.clone();
         let mut request = tonic::Request::new(GetListenerTokenRequest {
             agent_id: agent_id.clone(),
@@ -233,28 +242,36 @@ impl Listener {
         // Refresh at 80% of its life, but not in a tight loop if clocks disagree.
         let refresh_in = life.mul_f64(0.8).max(Duration::from_secs(1));
         tracing::debug!(refresh_in = %seconds(refresh_in), "listener token refreshed");
-        Ok(Instant::now() + refresh_in)
+        let now = Instant::now();
+        Ok(TokenSchedule {
+            refresh_at: now + refresh_in,
+            renew_after_job_at: now + life / 2,
+        })
     }
 
-    /// After a job, a fresh listener token: a job may outlive the old one
-    /// (10 minutes by default), and the agent goes back to polling with a
-    /// token whose whole life is ahead instead of learning it from a
-    /// refused poll. Called in the job's span, so the call belongs to the
-    /// job's trace. Failures are left to the next poll.
+    /// After a job, a fresh listener token when the one in use is past half
+    /// its life (10 minutes by default): a long job may have outlived it,
+    /// and the agent goes back to polling with a token that has most of its
+    /// life ahead instead of learning it from a refused poll. After a short
+    /// job the token stays (no call). Called in the job's span, so the call
+    /// belongs to the job's trace. Failures are left to the next poll.
     async fn renew_after_job(&self) {
-        let mut refresh_at = self.refresh_at.lock().await;
+        let mut schedule = self.refresh_at.lock().await;
+        if schedule.is_some_and(|schedule| Instant::now() < schedule.renew_after_job_at) {
+            return;
+        }
         match self.refresh_token().await {
-            Ok(at) => *refresh_at = Some(at),
+            Ok(renewed) => *schedule = Some(renewed),
             Err(PollError::Fatal(error)) => {
                 tracing::debug!(
                     error = format!("{error:#}"),
                     "cannot renew the listener token after the job"
                 );
-                *refresh_at = None;
+                *schedule = None;
             }
             Err(PollError::Transient(error) | PollError::Unauthenticated(error)) => {
                 tracing::debug!(%error, "cannot renew the listener token after the job");
-                *refresh_at = None;
+                *schedule = None;
             }
         }
     }

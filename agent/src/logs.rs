@@ -1,6 +1,8 @@
 //! Uploading a job's log: one task per job holding a `LogService.StreamLogs`
 //! stream open for the whole job (the server pushes cancellation on it),
-//! resending every unacknowledged line after a reconnect.
+//! resending every unacknowledged line after a reconnect. The job's end
+//! goes on the stream's last message, after every line: the server
+//! completes the job once they are all stored (no `CompleteJob` call).
 //!
 //! Every line is appended to the job's spool file before it is sent (see
 //! [`crate::spool`]); at most [`Options::memory_lines`] unacknowledged lines
@@ -14,8 +16,10 @@ use std::time::Duration;
 
 use ferry_client::Authorized;
 use ferry_proto::v1::log_service_client::LogServiceClient;
-use ferry_proto::v1::{LogLine, StreamLogsRequest, StreamLogsResponse};
-use tokio::sync::{mpsc, watch};
+use ferry_proto::v1::{
+    JobEnd, JobState, LogLine, StepState, StreamLogsRequest, StreamLogsResponse,
+};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +27,7 @@ use tonic::Streaming;
 use tracing::Instrument as _;
 
 use crate::backoff::{Backoff, seconds};
-use crate::rpc::describe;
+use crate::rpc::{describe, is_transient};
 use crate::spool::Spool;
 use crate::stop::{Stop, StopSignal};
 
@@ -52,6 +56,10 @@ pub struct UploadSummary {
     pub acked: u64,
     /// Lines never acknowledged (given up after the final timeout).
     pub lost: u64,
+    /// The job's final state, when the server completed the job with the
+    /// end sent on the stream; `None` when it did not (or no end was
+    /// given): complete it with `CompleteJob`.
+    pub completed: Option<JobState>,
 }
 
 /// How the uploader works.
@@ -83,14 +91,19 @@ pub struct LogSender {
     /// The server's cumulative acknowledgement: every line up to it is
     /// stored.
     pub stored: watch::Receiver<u64>,
+    /// Takes the job's end, sent before `lines` is dropped.
+    pub end: oneshot::Sender<JobEnd>,
 }
 
 /// Starts the uploader of `job_id`. Lines go into the returned sender;
 /// dropping it closes the log, after which the task waits up to
-/// `final_timeout` for the acknowledgements, removes the spool file and
+/// `final_timeout` for the acknowledgements (and, when the job's end was
+/// given, for the server to complete the job), removes the spool file and
 /// returns its summary. A `cancel_requested` from the server sets `stop`.
-/// A line that carries a step update is sent at once, with whatever waits
-/// before it.
+/// A line that starts a step is sent at once, with whatever waits before
+/// it (the agent waits for the first step's start to be stored); one that
+/// ends a step goes like any line, within `FLUSH_AFTER`, so the job's last
+/// step's end usually shares a message with the job's end.
 pub fn start(
     client: LogServiceClient<Authorized>,
     job_id: String,
@@ -99,6 +112,7 @@ pub fn start(
 ) -> (LogSender, JoinHandle<UploadSummary>) {
     let (sender, lines) = mpsc::channel(CHANNEL_CAPACITY);
     let (stored_sender, stored) = watch::channel(0);
+    let (end_sender, end_receiver) = oneshot::channel();
     let spool = options
         .spool_dir
         .as_ref()
@@ -113,6 +127,11 @@ pub fn start(
         client,
         job_id,
         lines,
+        end_receiver,
+        end: None,
+        end_sent: false,
+        end_refused: false,
+        completed: None,
         backlog: Backlog::new(options.memory_lines.max(1), spool),
         sent: 0,
         acked: 0,
@@ -128,6 +147,7 @@ pub fn start(
     let sender = LogSender {
         lines: sender,
         stored,
+        end: end_sender,
     };
     (sender, tokio::spawn(uploader.run().in_current_span()))
 }
@@ -171,6 +191,12 @@ impl Backlog {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether every unacknowledged line is in the window (none waits in
+    /// the spool or the tail).
+    fn all_in_window(&self) -> bool {
+        self.spooled == 0 && self.tail.is_empty()
     }
 
     fn spool_usable(&self) -> bool {
@@ -271,6 +297,16 @@ struct Uploader {
     client: LogServiceClient<Authorized>,
     job_id: String,
     lines: mpsc::Receiver<LogLine>,
+    end_receiver: oneshot::Receiver<JobEnd>,
+    /// The job's end, once the log is closed with one.
+    end: Option<JobEnd>,
+    /// Whether the end went out on the current stream.
+    end_sent: bool,
+    /// The server refused the end because the job ended or moved: the
+    /// upload is over (what was not stored cannot be).
+    end_refused: bool,
+    /// The job's final state, from the server's answer to the end.
+    completed: Option<JobState>,
     backlog: Backlog,
     /// How many lines of the window were sent on the current stream.
     sent: usize,
@@ -292,10 +328,7 @@ impl Uploader {
     async fn run(mut self) -> UploadSummary {
         let mut backoff = Backoff::default();
         loop {
-            if self.closing && self.backlog.is_empty() {
-                break;
-            }
-            if self.past_deadline() {
+            if self.done() || self.end_refused || self.past_deadline() {
                 break;
             }
             let acked_before = self.acked;
@@ -306,6 +339,10 @@ impl Uploader {
             };
             if self.acked > acked_before || started.elapsed() >= HEALTHY_STREAM {
                 backoff.reset();
+            }
+            if self.end_refused {
+                tracing::warn!(job_id = %self.job_id, error = %error, "the server did not complete the job with its log");
+                break;
             }
             if self.past_deadline() {
                 break;
@@ -326,7 +363,14 @@ impl Uploader {
             lines: self.total,
             acked: self.acked,
             lost,
+            completed: self.completed,
         }
+    }
+
+    /// Whether the upload is over: the log closed, every line acknowledged
+    /// and, when the job's end was given, the job completed.
+    fn done(&self) -> bool {
+        self.closing && self.backlog.is_empty() && (self.end.is_none() || self.completed.is_some())
     }
 
     fn past_deadline(&self) -> bool {
@@ -336,8 +380,11 @@ impl Uploader {
 
     fn push(&mut self, line: LogLine) {
         self.total += 1;
-        if line.step_update.is_some() {
-            // The server learns of a step's start or end without delay.
+        if line
+            .step_update
+            .is_some_and(|update| update.state == i32::from(StepState::Running))
+        {
+            // The server learns of a step's start without delay.
             self.flush_now = true;
         }
         let window_before = self.backlog.window.len();
@@ -350,6 +397,8 @@ impl Uploader {
     fn close(&mut self) {
         self.closing = true;
         self.deadline = Some(Instant::now() + self.final_timeout);
+        // The end is sent before the lines' sender is dropped.
+        self.end = self.end_receiver.try_recv().ok();
     }
 
     fn can_receive(&self) -> bool {
@@ -387,6 +436,7 @@ impl Uploader {
     /// acknowledged after the log was closed (`Ok`) or the stream fails.
     async fn session(&mut self) -> Result<(), String> {
         self.sent = 0;
+        self.end_sent = false;
         self.flush_now = true;
         if !self.backlog.window.is_empty() && self.oldest_unsent.is_none() {
             self.oldest_unsent = Some(Instant::now());
@@ -397,10 +447,13 @@ impl Uploader {
         tokio::pin!(call);
         let mut responses: Option<Streaming<StreamLogsResponse>> = None;
         // The first message names the job; a server answers only after it,
-        // so it goes out at once, with or without lines.
+        // so it goes out with the first line, or without one after
+        // `FLUSH_AFTER` (a job's first line, its step's start, usually
+        // comes at once: one message fewer).
         let mut opened = false;
+        let open_by = Instant::now() + FLUSH_AFTER;
         loop {
-            if self.closing && self.backlog.is_empty() {
+            if self.done() {
                 // Close our side and let the server end the call with its
                 // status, rather than cancelling it (a trace then shows the
                 // stream as the success it was).
@@ -415,12 +468,17 @@ impl Uploader {
             let flush_at = self
                 .oldest_unsent
                 .map_or_else(Self::far_future, |oldest| oldest + FLUSH_AFTER);
-            let ready = !opened
-                || (unsent > 0
+            let ready = if opened {
+                (unsent > 0
                     && (self.flush_now
                         || self.closing
                         || unsent >= MAX_BATCH
-                        || Instant::now() >= flush_at));
+                        || Instant::now() >= flush_at))
+                    || self.end_due()
+            } else {
+                unsent > 0 || self.closing || Instant::now() >= open_by
+            };
+            let wake_at = if opened { flush_at } else { open_by };
             let deadline = self.deadline.unwrap_or_else(Self::far_future);
             let can_receive = self.can_receive();
             tokio::select! {
@@ -430,14 +488,19 @@ impl Uploader {
                 message = next_response(&mut responses), if responses.is_some() => match message {
                     Ok(Some(response)) => self.answer(&response),
                     Ok(None) => return Err("the server ended the log stream".into()),
-                    Err(status) => return Err(describe(&status)),
+                    Err(status) => {
+                        if self.end_sent && !is_transient(&status) {
+                            self.refused(&status);
+                        }
+                        return Err(describe(&status));
+                    }
                 },
                 permit = requests.reserve(), if ready => {
                     let permit = permit.map_err(|_| "the log stream closed".to_owned())?;
                     permit.send(self.next_batch());
                     opened = true;
                 }
-                () = sleep_until(flush_at), if opened && unsent > 0 && !ready => {}
+                () = sleep_until(wake_at), if !ready && (!opened || unsent > 0) => {}
                 line = self.lines.recv(), if can_receive => match line {
                     Some(line) => self.push(line),
                     None => self.close(),
@@ -458,9 +521,43 @@ impl Uploader {
             tracing::info!(job_id = %self.job_id, "the server asked to cancel the job");
         }
         self.ack(response.acked_sequence);
+        if let Ok(state) = JobState::try_from(response.final_state)
+            && state != JobState::Unspecified
+            && self.end_sent
+        {
+            self.completed = Some(state);
+        }
     }
 
-    /// The next batch of unsent lines (possibly none, to open a stream).
+    /// The server refused the message with the end. When it refused the
+    /// end itself (`INVALID_ARGUMENT`, `PERMISSION_DENIED`), the lines go
+    /// on without it and the job is completed with `CompleteJob`; else the
+    /// job ended or moved, and the upload is over.
+    fn refused(&mut self, status: &tonic::Status) {
+        if matches!(
+            status.code(),
+            tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+        ) {
+            tracing::warn!(job_id = %self.job_id, error = %describe(status), "the server refused the job's end on the log stream; completing it with CompleteJob");
+            self.end = None;
+        } else {
+            self.end_refused = true;
+        }
+    }
+
+    /// Whether the end should go out now: the log is closed with one, it
+    /// was not sent on this stream, and every line is sent.
+    fn end_due(&self) -> bool {
+        self.closing
+            && self.end.is_some()
+            && !self.end_sent
+            && self.completed.is_none()
+            && self.backlog.all_in_window()
+            && self.sent == self.backlog.window.len()
+    }
+
+    /// The next batch of unsent lines (possibly none, to open a stream),
+    /// with the job's end when it holds the last of them.
     fn next_batch(&mut self) -> StreamLogsRequest {
         let count = (self.backlog.window.len() - self.sent).min(MAX_BATCH);
         let lines: Vec<LogLine> = self
@@ -476,9 +573,16 @@ impl Uploader {
             self.oldest_unsent = None;
             self.flush_now = false;
         }
+        let end = if self.end_due() {
+            self.end_sent = true;
+            self.end.clone()
+        } else {
+            None
+        };
         StreamLogsRequest {
             job_id: self.job_id.clone(),
             lines,
+            end,
         }
     }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_client::{Bearer, ServerAddress};
-use ferry_proto::v1::{LogLine, LogStream};
+use ferry_proto::v1::{JobResult, LogLine, LogStream};
 
 use super::*;
 use crate::spool::spool_path;
@@ -41,7 +41,15 @@ async fn upload(url: &str, count: u64, options: Options) -> UploadSummary {
     for sequence in 1..=count {
         sender.lines.send(line(sequence)).await.expect("send");
     }
-    drop(sender);
+    // As JobLog::finish does: the end, then the log closes.
+    sender
+        .end
+        .send(JobEnd {
+            result: JobResult::Succeeded.into(),
+            message: "all 1 steps succeeded".to_owned(),
+        })
+        .expect("end");
+    drop(sender.lines);
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("uploader finishes")
@@ -63,10 +71,17 @@ async fn every_line_is_stored_once_in_order_in_bounded_batches() {
         UploadSummary {
             lines: 1234,
             acked: 1234,
-            lost: 0
+            lost: 0,
+            completed: Some(JobState::Succeeded),
         }
     );
     let state = fake.state();
+    // The first message (which names the job) carried lines: the stream
+    // waits briefly for the first one rather than open empty.
+    assert!(state.batch_sizes[0] > 0, "{:?}", state.batch_sizes);
+    // The end went once, after every line was stored.
+    assert_eq!(state.stream_ends, 1);
+    assert_eq!(state.completions[0].message, "all 1 steps succeeded");
     let sequences: Vec<u64> = state.lines.iter().map(|line| line.sequence).collect();
     assert_eq!(sequences, (1..=1234).collect::<Vec<u64>>());
     assert!(
@@ -122,7 +137,8 @@ async fn an_unreachable_server_loses_the_lines_after_the_final_timeout() {
         UploadSummary {
             lines: 10,
             acked: 0,
-            lost: 10
+            lost: 10,
+            completed: None,
         }
     );
     assert!(
@@ -143,9 +159,10 @@ async fn the_stream_is_held_open_without_lines_and_carries_cancellation() {
         Options::default(),
         stop.clone(),
     );
-    // No line is written, yet the stream opens at once with an empty message.
+    // No line is written, yet the stream opens (after waiting FLUSH_AFTER
+    // for a first line to carry) with an empty message.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while fake.state().log_streams == 0 {
+    while fake.state().batch_sizes.is_empty() {
         assert!(std::time::Instant::now() < deadline, "no stream opened");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -253,7 +270,8 @@ async fn the_spool_takes_lines_while_the_server_refuses_streams_and_is_removed_a
         UploadSummary {
             lines: count,
             acked: count,
-            lost: 0
+            lost: 0,
+            completed: None,
         }
     );
     let state = fake.state();

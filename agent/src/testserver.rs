@@ -38,7 +38,14 @@ pub struct State {
     /// Step reports: ReportStep calls, and the step updates of stored
     /// log lines.
     pub reports: Vec<ReportStepRequest>,
+    /// Completions: CompleteJob calls, and ends sent on log streams.
     pub completions: Vec<CompleteJobRequest>,
+    /// How many of the completions came as a log stream's end.
+    pub stream_ends: u32,
+    /// Refuse a log stream's end with this code (its lines not stored):
+    /// INVALID_ARGUMENT as for an end the server cannot take,
+    /// FAILED_PRECONDITION as when the job moved meanwhile.
+    pub refuse_ends: Option<tonic::Code>,
     /// Stored log lines, deduplicated by sequence.
     pub lines: Vec<LogLine>,
     pub batch_sizes: Vec<usize>,
@@ -550,14 +557,36 @@ impl LogService for Fake {
                         .await;
                     return;
                 }
+                let refuse_end = fake.state().refuse_ends.filter(|_| batch.end.is_some());
+                if let Some(code) = refuse_end {
+                    let _ = sender
+                        .send(Err(Status::new(code, "injected: end refused")))
+                        .await;
+                    return;
+                }
                 let acked_sequence = fake.store(&job_id, batch.lines);
+                let final_state = match &batch.end {
+                    Some(end) => {
+                        let mut state = fake.state();
+                        state.stream_ends += 1;
+                        state.completions.push(CompleteJobRequest {
+                            job_id: job_id.clone(),
+                            result: end.result,
+                            message: end.message.clone(),
+                        });
+                        JobState::Succeeded
+                    }
+                    None => JobState::Unspecified,
+                };
                 if sender
                     .send(Ok(StreamLogsResponse {
                         acked_sequence,
                         cancel_requested: false,
+                        final_state: final_state.into(),
                     }))
                     .await
                     .is_err()
+                    || batch.end.is_some()
                 {
                     return;
                 }
@@ -578,6 +607,7 @@ impl LogService for Fake {
                         let response = StreamLogsResponse {
                             acked_sequence: fake.stored(&job_id),
                             cancel_requested: true,
+                            final_state: JobState::Unspecified.into(),
                         };
                         if sender.send(Ok(response)).await.is_err() {
                             return;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use ferry_e2e::mesh::Mesh;
-use ferry_e2e::otlp::checks::{check_trace, metric_problems, trace_problems};
+use ferry_e2e::otlp::checks::{check_trace, metric_problems, tokens_traced, trace_problems};
 use ferry_e2e::otlp::{ReceivedSpan, Receiver};
 use ferry_e2e::sim::SimAgent;
 use ferry_e2e::{Agent, binary, jobs};
@@ -135,6 +135,10 @@ async fn a_job_is_one_trace_and_the_fleet_is_measured() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     check_trace(&spans)?;
+    ensure!(
+        tokens_traced(&receiver.spans()),
+        "the tokens service traced no GetListenerToken"
+    );
 
     // An agent that takes a job and vanishes: its lease lapses.
     let vanishing = SimAgent::register_with(

@@ -8,9 +8,9 @@ use ferry_e2e::Server;
 use ferry_envelope::{Opener, PublicKey, SecretKey};
 use ferry_proto::v1::{
     AgentJob, CompleteJobRequest, CreateAdministratorRequest, GetJobRequest,
-    GetListenerTokenRequest, JobResult, JobSpec, ListenerToken, LogLine, PollJobRequest,
-    QueueJobRequest, RegisterRequest, ReportStepRequest, SealedEnvelope, StepSpec, StepState,
-    StepUpdate, StreamLogsRequest,
+    GetListenerTokenRequest, JobEnd, JobResult, JobSpec, JobState, ListenerToken, LogLine,
+    PollJobRequest, QueueJobRequest, RegisterRequest, ReportStepRequest, SealedEnvelope, StepSpec,
+    StepState, StepUpdate, StreamLogsRequest,
 };
 use prost::Message;
 use tonic::Code;
@@ -300,6 +300,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
     let batch = StreamLogsRequest {
         job_id: job_a.clone(),
         lines: vec![line(1), line(2)],
+        end: None,
     };
     let mut acks = logs
         .stream_logs(futures::stream::iter(vec![batch]))
@@ -309,6 +310,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
     let gap = StreamLogsRequest {
         job_id: job_a.clone(),
         lines: vec![line(5)],
+        end: None,
     };
     let mut acks = logs
         .stream_logs(futures::stream::iter(vec![gap]))
@@ -330,6 +332,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
             }),
             ..line(3)
         }],
+        end: None,
     };
     for (bad, why) in [
         (reporting(7, StepState::Succeeded, Some(0)), "no such step"),
@@ -376,6 +379,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
     let other_job = StreamLogsRequest {
         job_id: job_b.clone(),
         lines: vec![line(1)],
+        end: None,
     };
     assert_eq!(
         code(
@@ -385,14 +389,88 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
         Code::PermissionDenied
     );
 
-    // After completion the job token is dead.
-    ferry_client::jobs(channel.clone(), Bearer::new(&job_token)?)
-        .complete_job(CompleteJobRequest {
-            job_id: job_a.clone(),
-            result: JobResult::Succeeded.into(),
-            message: String::new(),
-        })
-        .await?;
+    // The job's end on the log stream: a result must be given, and the
+    // end cannot skip lines; a refused end completes nothing.
+    let ending = |lines: Vec<LogLine>, result: JobResult| StreamLogsRequest {
+        job_id: job_a.clone(),
+        lines,
+        end: Some(JobEnd {
+            result: result.into(),
+            message: "ended on the stream".to_owned(),
+        }),
+    };
+    for (bad, expected, why) in [
+        (
+            ending(vec![line(4)], JobResult::Unspecified),
+            Code::InvalidArgument,
+            "no result",
+        ),
+        (
+            ending(vec![line(6)], JobResult::Succeeded),
+            Code::FailedPrecondition,
+            "lines missing before the end",
+        ),
+    ] {
+        let mut acks = logs
+            .stream_logs(futures::stream::iter(vec![bad]))
+            .await?
+            .into_inner();
+        assert_eq!(
+            acks.message().await.expect_err(why).code(),
+            expected,
+            "{why}"
+        );
+    }
+    let job_state = |job_id: String| {
+        let channel = channel.clone();
+        let owner = server.owner();
+        async move {
+            ferry_client::jobs(channel, owner)
+                .get_job(GetJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job
+                .context("job")
+        }
+    };
+    assert_eq!(
+        job_state(job_a.clone()).await?.state,
+        i32::from(JobState::Running)
+    );
+    // The last line and the end: the answer says the job completed, and
+    // the server ends the stream.
+    let mut acks = logs
+        .stream_logs(futures::stream::iter(vec![ending(
+            vec![line(4)],
+            JobResult::Succeeded,
+        )]))
+        .await?
+        .into_inner();
+    let last = acks.message().await?.context("the final ack")?;
+    assert_eq!(
+        (last.acked_sequence, last.final_state),
+        (4, i32::from(JobState::Succeeded))
+    );
+    assert!(acks.message().await?.is_none(), "the stream ends");
+    let ended = job_state(job_a.clone()).await?;
+    assert_eq!(ended.state, i32::from(JobState::Succeeded));
+    assert_eq!(ended.message, "ended on the stream");
+    assert_eq!(ended.log_line_count, 4);
+
+    // After completion the job token is dead: completing again is refused
+    // as from an agent that no longer holds the job.
+    assert_eq!(
+        code(
+            ferry_client::jobs(channel.clone(), Bearer::new(&job_token)?)
+                .complete_job(CompleteJobRequest {
+                    job_id: job_a.clone(),
+                    result: JobResult::Succeeded.into(),
+                    message: String::new(),
+                })
+                .await
+        ),
+        Code::FailedPrecondition
+    );
     assert_ne!(
         report(job_token.clone(), job_a.clone())
             .await
@@ -403,7 +481,8 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
     );
     let late = StreamLogsRequest {
         job_id: job_a.clone(),
-        lines: vec![line(4)],
+        lines: vec![line(5)],
+        end: None,
     };
     assert_eq!(
         code(logs.stream_logs(futures::stream::iter(vec![late])).await),

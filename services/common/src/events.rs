@@ -52,6 +52,10 @@ pub enum Event {
     JobFinished {
         /// The job.
         job_id: Arc<str>,
+        /// The agent that completed it, when its agent did (it is idle
+        /// now).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<Arc<str>>,
     },
     /// Someone asked to cancel the running job.
     CancelRequested {
@@ -77,7 +81,7 @@ impl Event {
             Event::JobQueued { job_id, .. }
             | Event::JobClaimed { job_id, .. }
             | Event::LogsAppended { job_id, .. }
-            | Event::JobFinished { job_id }
+            | Event::JobFinished { job_id, .. }
             | Event::CancelRequested { job_id } => Some(job_id),
             Event::AgentRevoked { .. } | Event::AdministratorsChanged | Event::Resync => None,
         }
@@ -317,7 +321,10 @@ mod tests {
         let events = Events::new();
         let mut first = events.subscribe();
         let mut second = events.subscribe();
-        events.publish(Event::JobFinished { job_id: "j".into() });
+        events.publish(Event::JobFinished {
+            job_id: "j".into(),
+            agent_id: None,
+        });
         assert_eq!(first.recv().await.expect("event").job_id(), Some("j"));
         assert_eq!(second.recv().await.expect("event").job_id(), Some("j"));
         assert!(!events.is_shared());

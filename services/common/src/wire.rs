@@ -2,9 +2,9 @@
 //! with them.
 
 use ferry_proto::time::micros_from_timestamp;
-use ferry_proto::v1::{JobState, StepState, TestSummary};
+use ferry_proto::v1::{JobResult, JobState, StepState, TestSummary};
 
-use crate::{Error, Result};
+use crate::{Error, Result, validate};
 
 /// The wire form of a job state.
 pub fn job_state(state: ferry_store::JobState) -> JobState {
@@ -28,6 +28,31 @@ pub fn store_job_state(state: JobState) -> ferry_store::JobState {
         JobState::Failed => ferry_store::JobState::Failed,
         JobState::Canceled => ferry_store::JobState::Canceled,
     }
+}
+
+/// Longest message an agent may give a job it completes, in bytes.
+pub const MAX_END_MESSAGE: usize = 4096;
+
+/// How a job ended, from the agent holding it (`CompleteJob`, or the log
+/// stream's `JobEnd`), checked: the result must be succeeded, failed or
+/// canceled, the message at most [`MAX_END_MESSAGE`] bytes. It ended `now`.
+pub fn job_end(result: i32, message: &str, now: i64) -> Result<ferry_store::JobEnd> {
+    let state = match JobResult::try_from(result).unwrap_or_default() {
+        JobResult::Succeeded => ferry_store::JobState::Succeeded,
+        JobResult::Failed => ferry_store::JobState::Failed,
+        JobResult::Canceled => ferry_store::JobState::Canceled,
+        JobResult::Unspecified => {
+            return Err(Error::InvalidArgument(
+                "result must be succeeded, failed or canceled".to_owned(),
+            ));
+        }
+    };
+    validate::max_len("message", message, MAX_END_MESSAGE)?;
+    Ok(ferry_store::JobEnd {
+        state,
+        message: message.to_owned(),
+        at: now,
+    })
 }
 
 /// The wire form of a test-results summary.

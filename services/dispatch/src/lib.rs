@@ -208,6 +208,14 @@ impl Dispatcher {
             } if origin != mine => {
                 self.inner.hand_off.remove(&pool_id, &job_id);
             }
+            Event::JobFinished {
+                job_id,
+                agent_id: Some(agent_id),
+            } => {
+                // Completed on its log stream (the log service): the agent
+                // is idle now, if this replica saw it busy with the job.
+                self.job_done(&agent_id, &job_id);
+            }
             Event::Resync => {
                 self.inner.agents.forget_all();
                 let loaded = self.load_queued().await?;

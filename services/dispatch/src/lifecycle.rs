@@ -10,7 +10,7 @@ use ferry_envelope::PublicKey;
 use ferry_proto::time::{now_micros, timestamp_from_micros};
 use ferry_proto::v1::{
     AgentJobToken, CancelJobRequest, CancelJobResponse, CompleteJobRequest, CompleteJobResponse,
-    JobResult, JobState, RenewLeaseResponse, ReportStepRequest,
+    JobState, RenewLeaseResponse, ReportStepRequest,
 };
 use ferry_service::{Error, Event, Result, sealed, validate, wire};
 use ferry_store::{CancelOutcome, Holder, ReapOutcome, Reaped};
@@ -88,31 +88,17 @@ impl Dispatcher {
         request: CompleteJobRequest,
     ) -> Result<CompleteJobResponse> {
         require_job(caller, &request.job_id)?;
-        let state = match JobResult::try_from(request.result).unwrap_or_default() {
-            JobResult::Succeeded => ferry_store::JobState::Succeeded,
-            JobResult::Failed => ferry_store::JobState::Failed,
-            JobResult::Canceled => ferry_store::JobState::Canceled,
-            JobResult::Unspecified => {
-                return Err(Error::InvalidArgument(
-                    "result must be succeeded, failed or canceled".to_owned(),
-                ));
-            }
-        };
-        validate::max_len("message", &request.message, 4096)?;
+        let end = wire::job_end(request.result, &request.message, now_micros())?;
+        let state = end.state;
         self.store()
-            .complete_job(
-                &request.job_id,
-                holder(caller),
-                state,
-                &request.message,
-                now_micros(),
-            )
+            .complete_job(&request.job_id, holder(caller), state, &end.message, end.at)
             .await
             .map_err(lost_lease)?;
         tracing::info!(job_id = %request.job_id, agent_id = %caller.agent_id, %state, "job completed");
         ferry_observability::metrics::job_finished(telemetry::result_name(state));
         self.inner.events.publish(Event::JobFinished {
             job_id: request.job_id.as_str().into(),
+            agent_id: Some(caller.agent_id.as_str().into()),
         });
         self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None);
         Ok(CompleteJobResponse {
@@ -193,6 +179,7 @@ impl Dispatcher {
                 self.inner.hand_off.remove(&job.pool_id, &job.id);
                 self.inner.events.publish(Event::JobFinished {
                     job_id: job.id.as_str().into(),
+                    agent_id: None,
                 });
                 JobState::Canceled
             }
@@ -289,6 +276,7 @@ impl Dispatcher {
                 tracing::warn!(job_id = %reaped.job_id, agent_id = ?reaped.agent_id, outcome = ?reaped.outcome, "job ended by the server");
                 self.inner.events.publish(Event::JobFinished {
                     job_id: reaped.job_id.as_str().into(),
+                    agent_id: None,
                 });
             }
         }

@@ -38,6 +38,24 @@ impl Dispatcher {
             .remove(agent_id);
     }
 
+    /// Notes that the agent completed `job_id`: online, if it was seen
+    /// busy with that job (a poll since may have said more).
+    pub(crate) fn job_done(&self, agent_id: &str, job_id: &str) {
+        let busy_with_it = self
+            .inner
+            .agent_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(agent_id)
+            .is_some_and(|seen| {
+                seen.status == ferry_store::AgentStatus::Busy
+                    && seen.job_id.as_deref() == Some(job_id)
+            });
+        if busy_with_it {
+            self.set_agent_status(agent_id, ferry_store::AgentStatus::Online, None);
+        }
+    }
+
     /// Notes an agent's status; the status writer records it within
     /// `STATUS_WRITE_EVERY` when it changed, or when the stored one is a
     /// minute old. Polls and dispatches never wait on this write.

@@ -68,6 +68,7 @@ fn batch(sequence: u64, text: String) -> StreamLogsRequest {
             text,
             ..LogLine::default()
         }],
+        end: None,
     }
 }
 

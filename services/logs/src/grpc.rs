@@ -3,7 +3,7 @@
 use ferry_auth::{Requirement, principal};
 use ferry_proto::v1::log_service_server::{LogService, LogServiceServer, SERVICE_NAME};
 use ferry_proto::v1::{
-    FollowLogsRequest, FollowLogsResponse, StreamLogsRequest, StreamLogsResponse,
+    FollowLogsRequest, FollowLogsResponse, JobState, StreamLogsRequest, StreamLogsResponse,
 };
 use ferry_service::from_stream;
 use tokio::sync::mpsc;
@@ -34,12 +34,17 @@ const MAX_IN_FLIGHT: usize = 32;
 /// in flight measured 1.03 M lines/s with one stream against 0.93 M with 8.
 const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 
-/// Sends the ack of a stored batch, or its refusal; false when the stream
-/// is over (refused, or the agent left).
+/// A batch being stored: its ack (or refusal), the bytes it holds, and the
+/// job's final state when it ends the job.
+type InFlight = (ferry_service::Result<u64>, usize, Option<JobState>);
+
+/// Sends the ack of a stored batch (with the job's final state, when the
+/// batch ended it), or its refusal; false when the stream is over (refused,
+/// or the agent left).
 async fn acknowledge(
     sender: &mpsc::Sender<Result<StreamLogsResponse, Status>>,
     ingest: &mut Ingest,
-    stored: ferry_service::Result<u64>,
+    (stored, _, ends): InFlight,
     cancel_requested: bool,
 ) -> bool {
     match stored {
@@ -48,6 +53,7 @@ async fn acknowledge(
             let ack = StreamLogsResponse {
                 acked_sequence: ingest.acked(),
                 cancel_requested,
+                final_state: ends.unwrap_or_default().into(),
             };
             sender.send(Ok(ack)).await.is_ok()
         }
@@ -66,9 +72,9 @@ async fn drain<S>(
     ingest: &mut Ingest,
     cancel_requested: bool,
 ) where
-    S: futures::Stream<Item = (ferry_service::Result<u64>, usize)> + Unpin,
+    S: futures::Stream<Item = InFlight> + Unpin,
 {
-    while let Some((stored, _)) = in_flight.next().await {
+    while let Some(stored) = in_flight.next().await {
         if !acknowledge(sender, ingest, stored, cancel_requested).await {
             return;
         }
@@ -208,12 +214,18 @@ async fn stream_logs(
         // the stream reads on meanwhile.
         let mut in_flight = FuturesOrdered::new();
         let mut in_flight_bytes = 0usize;
+        // The agent sent the job's end: nothing is read after it.
+        let mut ended = false;
         loop {
+            if ended && in_flight.is_empty() {
+                break;
+            }
             if cancel_requested && !cancel_sent {
                 cancel_sent = true;
                 let cancel = StreamLogsResponse {
                     acked_sequence: ingest.acked(),
                     cancel_requested: true,
+                    final_state: JobState::Unspecified.into(),
                 };
                 if sender.send(Ok(cancel)).await.is_err() {
                     break;
@@ -222,14 +234,15 @@ async fn stream_logs(
             let message = match pending.take() {
                 Some(message) => message,
                 None => tokio::select! {
-                    Some((stored, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
-                        in_flight_bytes -= bytes;
+                    Some(stored) = in_flight.next(), if !in_flight.is_empty() => {
+                        let stored: InFlight = stored;
+                        in_flight_bytes -= stored.1;
                         if !acknowledge(&sender, &mut ingest, stored, cancel_sent).await {
                             break;
                         }
                         continue;
                     }
-                    next = inbound.next(), if in_flight.len() < MAX_IN_FLIGHT
+                    next = inbound.next(), if !ended && in_flight.len() < MAX_IN_FLIGHT
                         && in_flight_bytes < MAX_IN_FLIGHT_BYTES => match next {
                         Some(Ok(message)) => message,
                         None => {
@@ -262,9 +275,10 @@ async fn stream_logs(
             }
             match ingest.append(message).await {
                 Ok(stored) => {
-                    let bytes = stored.bytes();
+                    let (bytes, ends) = (stored.bytes(), stored.ends());
+                    ended = ends.is_some();
                     in_flight_bytes += bytes;
-                    in_flight.push_back(async move { (stored.await, bytes) });
+                    in_flight.push_back(async move { (stored.await, bytes, ends) });
                 }
                 Err(error) => {
                     drain(&mut in_flight, &sender, &mut ingest, cancel_sent).await;

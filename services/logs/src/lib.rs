@@ -149,6 +149,8 @@ struct Append {
     bytes: u64,
     blob: Vec<u8>,
     steps: Vec<ferry_store::StepReport>,
+    /// The job's end, on the agent's last batch.
+    end: Option<ferry_store::JobEnd>,
     done: oneshot::Sender<Result<u64>>,
 }
 
@@ -187,9 +189,16 @@ pub struct Ingest {
 pub struct Stored {
     answer: StoredInner,
     bytes: usize,
+    ends: Option<JobState>,
 }
 
 impl Stored {
+    /// The job's final state, when this batch ends the job (it did, once
+    /// the batch resolves to an ack).
+    pub fn ends(&self) -> Option<JobState> {
+        self.ends
+    }
+
     /// Bytes of encoded lines this batch hands to the store (0 when
     /// nothing was new): what a stream counts against its in-flight limit.
     pub fn bytes(&self) -> usize {
@@ -328,12 +337,17 @@ impl Ingest {
     /// stream reads its next batch while this one commits. The returned
     /// [`Stored`] resolves to the new cumulative ack; resolve them in
     /// order.
+    ///
+    /// A batch with an end also completes the job once it and every line
+    /// before it are stored: hand nothing after it.
     pub async fn append(&mut self, batch: raw::RawBatch) -> Result<Stored> {
         let raw::RawBatch {
             mut lines,
             excess_lines,
+            end,
             ..
         } = batch;
+        let end = end.map(|end| self.job_end(&end)).transpose()?;
         if excess_lines > 0 {
             return Err(Error::TooLarge(format!(
                 "a batch has {} lines, the limit is {MAX_LINES_PER_BATCH}",
@@ -362,14 +376,19 @@ impl Ingest {
         }
         lines.retain(|line| line.sequence > self.sent);
         let steps = self.step_reports(&lines)?;
-        let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
-            // empty, or only lines already handed over
-            return Ok(Stored {
-                answer: StoredInner::Ready(self.sent),
-                bytes: 0,
-            });
+        let (first, last) = match (lines.first(), lines.last()) {
+            (Some(first), Some(last)) => (first.sequence, last.sequence),
+            // Nothing new: an end still goes to the store, after the lines
+            // handed over before it.
+            _ if end.is_some() => (self.sent + 1, self.sent),
+            _ => {
+                return Ok(Stored {
+                    answer: StoredInner::Ready(self.sent),
+                    bytes: 0,
+                    ends: None,
+                });
+            }
         };
-        let (first, last) = (first.sequence, last.sequence);
         if first != self.sent + 1 {
             return Err(Error::FailedPrecondition(format!(
                 "lines must continue from {}; got {first}",
@@ -390,6 +409,7 @@ impl Ingest {
             bytes: text as u64,
             blob: raw::stored_blob(&lines),
             steps,
+            end: end.clone(),
             done,
         };
         self.logs
@@ -401,11 +421,23 @@ impl Ingest {
         Ok(Stored {
             answer: StoredInner::Pending(answer),
             bytes,
+            ends: end.map(|end| wire::job_state(end.state)),
         })
     }
 }
 
 impl Ingest {
+    /// The job's end as the agent sent it, checked as CompleteJob checks it;
+    /// reporting it needs the `job:status` scope.
+    fn job_end(&self, end: &ferry_proto::v1::JobEnd) -> Result<ferry_store::JobEnd> {
+        if !self.reports_steps {
+            return Err(Error::PermissionDenied(
+                "the token may not complete the job (it lacks the job:status scope)".to_owned(),
+            ));
+        }
+        wire::job_end(end.result, &end.message, ferry_proto::time::now_micros())
+    }
+
     /// The step reports `lines` carry, checked, in line order.
     fn step_reports(&self, lines: &[raw::RawLine]) -> Result<Vec<ferry_store::StepReport>> {
         let now = ferry_proto::time::now_micros();
@@ -455,6 +487,7 @@ async fn write_groups(store: Store, events: Events, mut queue: mpsc::Receiver<Ap
                 last: append.last,
                 lines: std::mem::take(&mut append.blob),
                 steps: std::mem::take(&mut append.steps),
+                end: append.end.clone(),
             })
             .collect();
         let answers: Vec<Result<u64>> = match store.append_log_batches(batches).await {
@@ -477,18 +510,31 @@ async fn write_groups(store: Store, events: Events, mut queue: mpsc::Receiver<Ap
         let metrics = ferry_observability::metrics::get();
         // Followers hear once per job per group, of its last stored line.
         let mut appended: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut finished = Vec::new();
         for (append, answer) in group.drain(..).zip(answers) {
             if answer.is_ok() {
                 metrics.log_lines.add(append.lines, &[]);
                 metrics.log_bytes.add(append.bytes, &[]);
                 let last = appended.entry(append.job_id.clone()).or_default();
                 *last = (*last).max(append.last);
+                if let Some(end) = &append.end {
+                    tracing::info!(job_id = %append.job_id, agent_id = %append.agent_id, state = %end.state, "job completed");
+                    ferry_observability::metrics::job_finished(end.state.as_str());
+                    finished.push((append.job_id.clone(), append.agent_id.clone()));
+                }
             }
             // the stream may have ended meanwhile
             let _ = append.done.send(answer);
         }
         for (job_id, sequence) in appended {
             events.publish(Event::LogsAppended { job_id, sequence });
+        }
+        // After the lines: a follower that hears of the end finds them.
+        for (job_id, agent_id) in finished {
+            events.publish(Event::JobFinished {
+                job_id,
+                agent_id: Some(agent_id),
+            });
         }
     }
 }

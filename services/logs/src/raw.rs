@@ -7,7 +7,7 @@
 //! The wire format is `ferry.v1.StreamLogsRequest`'s: a client sends the
 //! generated message, the server decodes it with [`RawBatch`].
 
-use ferry_proto::v1::StepUpdate;
+use ferry_proto::v1::{JobEnd, StepUpdate};
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{
     DecodeContext, WireType, check_wire_type, decode_key, decode_varint, encode_key, encode_varint,
@@ -19,6 +19,8 @@ use prost::{DecodeError, Message};
 const REQUEST_JOB_ID: u32 = 1;
 /// `StreamLogsRequest.lines`.
 const REQUEST_LINES: u32 = 2;
+/// `StreamLogsRequest.end`.
+const REQUEST_END: u32 = 3;
 /// `LogLine`'s fields.
 const LINE_SEQUENCE: u32 = 1;
 const LINE_STEP_INDEX: u32 = 2;
@@ -50,6 +52,8 @@ pub struct RawBatch {
     /// Lines past `MAX_LINES_PER_BATCH`, dropped while decoding: a batch
     /// with any is refused.
     pub excess_lines: usize,
+    /// The job's result, on the agent's last message.
+    pub end: Option<JobEnd>,
 }
 
 /// One `LogLine` as received, and what ingest checks of it.
@@ -133,6 +137,9 @@ impl Message for RawBatch {
             prost::encoding::string::encode(REQUEST_JOB_ID, &self.job_id, buf);
         }
         put_lines(REQUEST_LINES, &self.lines, buf);
+        if let Some(end) = &self.end {
+            prost::encoding::message::encode(REQUEST_END, end, buf);
+        }
     }
 
     fn merge_field(
@@ -155,6 +162,10 @@ impl Message for RawBatch {
                 }
                 Ok(())
             }
+            REQUEST_END => {
+                let end = self.end.get_or_insert_with(Default::default);
+                prost::encoding::message::merge(wire_type, end, buf, ctx)
+            }
             _ => skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -165,13 +176,17 @@ impl Message for RawBatch {
         } else {
             prost::encoding::string::encoded_len(REQUEST_JOB_ID, &self.job_id)
         };
-        job_id + lines_len(REQUEST_LINES, &self.lines)
+        let end = self.end.as_ref().map_or(0, |end| {
+            prost::encoding::message::encoded_len(REQUEST_END, end)
+        });
+        job_id + lines_len(REQUEST_LINES, &self.lines) + end
     }
 
     fn clear(&mut self) {
         self.job_id.clear();
         self.lines.clear();
         self.excess_lines = 0;
+        self.end = None;
     }
 }
 
@@ -202,7 +217,7 @@ fn put_lines(tag: u32, lines: &[RawLine], buf: &mut impl BufMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_proto::v1::{LogLine, LogStream, StepState, StreamLogsRequest};
+    use ferry_proto::v1::{JobResult, LogLine, LogStream, StepState, StreamLogsRequest};
 
     #[test]
     fn lines_past_the_limit_are_counted_not_kept() {
@@ -211,6 +226,7 @@ mod tests {
             lines: (1..=(MAX_LINES as u64 + 3))
                 .map(|sequence| line(sequence, ""))
                 .collect(),
+            end: None,
         };
         let raw = RawBatch::decode(request.encode_to_vec().as_slice()).expect("decode");
         assert_eq!((raw.lines.len(), raw.excess_lines), (MAX_LINES, 3));
@@ -240,9 +256,14 @@ mod tests {
         let request = StreamLogsRequest {
             job_id: "job-1".to_owned(),
             lines: lines.clone(),
+            end: Some(JobEnd {
+                result: JobResult::Failed as i32,
+                message: "step 3 failed".to_owned(),
+            }),
         };
         let raw = RawBatch::decode(request.encode_to_vec().as_slice()).expect("decode");
         assert_eq!(raw.job_id, "job-1");
+        assert_eq!(raw.end, request.end);
         let read: Vec<_> = raw
             .lines
             .iter()

@@ -12,7 +12,7 @@ use crate::entity::{job, job_step};
 use crate::error::{Error, Result};
 use crate::hold::{close_steps, held_by, hold_job, not_held};
 use crate::store::Store;
-use crate::types::{Holder, JobState, StepReport, StepState};
+use crate::types::{Holder, JobEnd, JobState, StepReport, StepState};
 
 impl Store {
     /// Records step progress from the agent holding the job. The job must
@@ -75,41 +75,74 @@ impl Store {
         message: &str,
         now: i64,
     ) -> Result<()> {
-        let running_steps_become = match state {
-            JobState::Succeeded => StepState::Succeeded,
-            JobState::Failed => StepState::Failed,
-            JobState::Canceled => StepState::Canceled,
-            JobState::Queued | JobState::Assigned | JobState::Running => {
-                return Err(Error::Invalid(format!("a job cannot complete as {state}")));
-            }
+        let end = JobEnd {
+            state,
+            message: message.to_owned(),
+            at: now,
         };
-        let new_message: Expr = if message.is_empty() {
-            CaseStatement::new()
-                .case(
-                    Expr::col(job::Column::CancelRequestedAt).is_not_null(),
-                    Expr::col(job::Column::Message),
-                )
-                .finally(Expr::value(message))
-                .into()
-        } else {
-            Expr::value(message)
-        };
+        let finish = end_job(job::Entity::update_many(), &end, &[])?;
         let txn = self.begin_write().await?;
-        let finished = job::Entity::update_many()
-            .col_expr(job::Column::State, Expr::value(state.as_str()))
-            .col_expr(job::Column::Message, new_message)
-            .col_expr(job::Column::FinishedAt, Expr::value(Some(now)))
-            .col_expr(job::Column::LeaseExpiresAt, Expr::value(None::<i64>))
-            .filter(held_by(job_id, holder))
-            .exec(&txn)
-            .await?;
+        let finished = finish.filter(held_by(job_id, holder)).exec(&txn).await?;
         if finished.rows_affected == 0 {
             return Err(not_held(&txn, job_id, holder).await);
         }
-        close_steps(&txn, job_id, running_steps_become, now).await?;
+        close_steps_at(&txn, job_id, &end).await?;
         txn.commit().await?;
         Ok(())
     }
+}
+
+/// Closes the steps of a job that ended (see [`close_steps`]): steps still
+/// running take the job's final state (failed, for a job that did not
+/// succeed and was not canceled).
+pub(crate) async fn close_steps_at(
+    txn: &impl ConnectionTrait,
+    job_id: &str,
+    end: &JobEnd,
+) -> Result<()> {
+    let running_become = match end.state {
+        JobState::Succeeded => StepState::Succeeded,
+        JobState::Canceled => StepState::Canceled,
+        _ => StepState::Failed,
+    };
+    close_steps(txn, job_id, running_become, end.at).await
+}
+
+/// Adds to an `UPDATE jobs` the job's end: its final state, `finished_at`
+/// and `message` (an empty one keeps a cancel's reason), no lease; and the
+/// start a `Running` report among `reports` gives it (see [`start_job`]).
+/// `Invalid` when the state is not final.
+pub(crate) fn end_job(
+    update: UpdateMany<job::Entity>,
+    end: &JobEnd,
+    reports: &[StepReport],
+) -> Result<UpdateMany<job::Entity>> {
+    if !end.state.is_terminal() {
+        return Err(Error::Invalid(format!(
+            "a job cannot complete as {}",
+            end.state
+        )));
+    }
+    let message: Expr = if end.message.is_empty() {
+        CaseStatement::new()
+            .case(
+                Expr::col(job::Column::CancelRequestedAt).is_not_null(),
+                Expr::col(job::Column::Message),
+            )
+            .finally(Expr::value(""))
+            .into()
+    } else {
+        Expr::value(end.message.as_str())
+    };
+    let mut update = update
+        .col_expr(job::Column::State, Expr::value(end.state.as_str()))
+        .col_expr(job::Column::Message, message)
+        .col_expr(job::Column::FinishedAt, Expr::value(Some(end.at)))
+        .col_expr(job::Column::LeaseExpiresAt, Expr::value(None::<i64>));
+    if let Some(started_at) = started_at(reports) {
+        update = update.col_expr(job::Column::StartedAt, started_at);
+    }
+    Ok(update)
 }
 
 /// Adds to an `UPDATE jobs` what `reports` say of the job itself: the first
@@ -121,38 +154,42 @@ pub(crate) fn start_job(
     update: UpdateMany<job::Entity>,
     reports: &[StepReport],
 ) -> UpdateMany<job::Entity> {
-    let Some(started) = reports
-        .iter()
-        .find(|report| report.state == StepState::Running)
-    else {
+    let Some(started_at) = started_at(reports) else {
         return update;
     };
-    let assigned = Expr::col(job::Column::State).eq(JobState::Assigned.as_str());
     update
         .col_expr(
             job::Column::State,
             CaseStatement::new()
-                .case(assigned.clone(), Expr::value(JobState::Running.as_str()))
+                .case(
+                    Expr::col(job::Column::State).eq(JobState::Assigned.as_str()),
+                    Expr::value(JobState::Running.as_str()),
+                )
                 .finally(Expr::col(job::Column::State))
                 .into(),
         )
-        .col_expr(
-            job::Column::StartedAt,
-            CaseStatement::new()
-                .case(
-                    assigned,
-                    Func::greatest([
-                        Func::coalesce([
-                            Expr::col(job::Column::AssignedAt),
-                            Expr::value(started.at),
-                        ])
+        .col_expr(job::Column::StartedAt, started_at)
+}
+
+/// The `started_at` the first `Running` report among `reports` gives an
+/// `Assigned` job (a started job keeps its own); `None` without one.
+fn started_at(reports: &[StepReport]) -> Option<Expr> {
+    let started = reports
+        .iter()
+        .find(|report| report.state == StepState::Running)?;
+    Some(
+        CaseStatement::new()
+            .case(
+                Expr::col(job::Column::State).eq(JobState::Assigned.as_str()),
+                Func::greatest([
+                    Func::coalesce([Expr::col(job::Column::AssignedAt), Expr::value(started.at)])
                         .into(),
-                        Expr::value(started.at),
-                    ]),
-                )
-                .finally(Expr::col(job::Column::StartedAt))
-                .into(),
-        )
+                    Expr::value(started.at),
+                ]),
+            )
+            .finally(Expr::col(job::Column::StartedAt))
+            .into(),
+    )
 }
 
 /// What a run of reports leaves on one step.

@@ -42,8 +42,8 @@ pub use gauges::{CONNECTED_WITHIN_MICROS, PoolGauges};
 pub use notify::{Listener, MAX_PAYLOAD};
 pub use store::Store;
 pub use types::{
-    Administrator, Agent, AgentSeen, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobFilter,
-    JobState, JobStep, LeaseRenewal, LogBatch, LogHolder, NewAgent, NewJob, NewLogBatch,
+    Administrator, Agent, AgentSeen, AgentStatus, Artifact, CancelOutcome, Holder, Job, JobEnd,
+    JobFilter, JobState, JobStep, LeaseRenewal, LogBatch, LogHolder, NewAgent, NewJob, NewLogBatch,
     ParseStateError, Pool, ReapOutcome, Reaped, Source, StepReport, StepState, TestSummary,
     demands_met,
 };

@@ -9,10 +9,10 @@ use sea_orm::{
 
 use crate::entity::{job, job_step, log_batch};
 use crate::error::{Error, Result};
-use crate::hold::{held_by, holding};
-use crate::job_progress::{start_job, write_steps};
+use crate::hold::{held_by, holding, not_held};
+use crate::job_progress::{close_steps_at, end_job, start_job, write_steps};
 use crate::store::{Store, parse_state, to_i64, to_u32, to_u64};
-use crate::types::{Holder, LogBatch, LogHolder, NewLogBatch};
+use crate::types::{Holder, JobEnd, LogBatch, LogHolder, NewLogBatch};
 use crate::writer::Write;
 
 const DEFAULT_BATCHES: u64 = 100;
@@ -48,6 +48,7 @@ impl Store {
             last,
             lines,
             steps: Vec::new(),
+            end: None,
         };
         self.append_log_batches(vec![batch])
             .await?
@@ -175,6 +176,11 @@ async fn log_sequence_in(db: &impl ConnectionTrait, job_id: &str) -> Result<u64>
 /// One batch's append inside a group's transaction. The inner result is
 /// the batch's answer (a refusal writes nothing); the outer one is a
 /// database failure that ends the whole group.
+///
+/// The guarded `UPDATE jobs` that advances the log sequence also records
+/// what the batch's reports and its end say of the job, so a batch that
+/// ends the job costs no statement more than one that does not (but
+/// closing the steps).
 async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
     let NewLogBatch {
         job_id,
@@ -183,8 +189,11 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
         last,
         lines,
         steps,
+        end,
     } = batch;
-    if first == 0 || last < first {
+    // Only an end may come without lines: `last = first - 1`.
+    let empty = end.is_some() && first > 0 && last == first - 1;
+    if first == 0 || (last < first && !empty) {
         return Ok(Err(Error::Invalid(format!(
             "log batch range {first}..={last} is empty or starts at 0"
         ))));
@@ -193,23 +202,36 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
         (Ok(first_i), Ok(last_i)) => (first_i, last_i),
         (Err(err), _) | (_, Err(err)) => return Ok(Err(err)),
     };
-    let advanced = start_job(job::Entity::update_many(), &steps)
-        .col_expr(job::Column::LogSequence, Expr::value(last_i))
+    let advance =
+        job::Entity::update_many().col_expr(job::Column::LogSequence, Expr::value(last_i));
+    let advance = match &end {
+        Some(end) => match end_job(advance, end, &steps) {
+            Ok(advance) => advance,
+            Err(err) => return Ok(Err(err)),
+        },
+        None => start_job(advance, &steps),
+    };
+    let advanced = advance
         .filter(held_by(job_id, holder))
         .filter(job::Column::LogSequence.eq(first_i - 1))
         .exec(txn)
         .await?;
     if advanced.rows_affected == 1 {
-        log_batch::Entity::insert(log_batch::ActiveModel {
-            id: NotSet,
-            job_id: Set(job_id.to_owned()),
-            first_sequence: Set(first_i),
-            last_sequence: Set(last_i),
-            lines: Set(lines),
-        })
-        .exec_without_returning(txn)
-        .await?;
+        if !empty {
+            log_batch::Entity::insert(log_batch::ActiveModel {
+                id: NotSet,
+                job_id: Set(job_id.to_owned()),
+                first_sequence: Set(first_i),
+                last_sequence: Set(last_i),
+                lines: Set(lines),
+            })
+            .exec_without_returning(txn)
+            .await?;
+        }
         write_steps(txn, job_id, &steps).await?;
+        if let Some(end) = &end {
+            close_steps_at(txn, job_id, end).await?;
+        }
         return Ok(Ok(last));
     }
     let refused = match holding(txn, job_id).await? {
@@ -224,7 +246,14 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
     Ok(if let Some(err) = refused {
         Err(err)
     } else if last <= current {
-        Ok(current)
+        match end {
+            // Resent lines (stored before, their ack lost) and the end.
+            Some(end) if last == current => end_after_stored(txn, job_id, holder, &end).await?,
+            Some(_) => Err(Error::Conflict(format!(
+                "the job's end follows line {last}, but lines up to {current} are stored"
+            ))),
+            None => Ok(current),
+        }
     } else if first > current + 1 {
         Err(Error::Conflict(format!(
             "log batch starts at line {first} but the next line is {}",
@@ -235,4 +264,24 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
             "log batch {first}..={last} overlaps stored lines up to {current}"
         )))
     })
+}
+
+/// Ends a job whose every line up to the end was already stored; answers
+/// with its log sequence, or why the holder cannot end it.
+async fn end_after_stored(
+    txn: &Write,
+    job_id: &str,
+    holder: Holder<'_>,
+    end: &JobEnd,
+) -> Result<Result<u64>> {
+    let update = match end_job(job::Entity::update_many(), end, &[]) {
+        Ok(update) => update,
+        Err(err) => return Ok(Err(err)),
+    };
+    let ended = update.filter(held_by(job_id, holder)).exec(txn).await?;
+    if ended.rows_affected == 0 {
+        return Ok(Err(not_held(txn, job_id, holder).await));
+    }
+    close_steps_at(txn, job_id, end).await?;
+    Ok(log_sequence_in(txn, job_id).await)
 }

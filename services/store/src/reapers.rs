@@ -14,9 +14,10 @@ use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder};
 use crate::entity::job::{self, JobRow};
 use crate::entity::{job_step, log_batch};
 use crate::error::{Error, Result};
-use crate::hold::{ACTIVE, close_steps};
+use crate::hold::ACTIVE;
+use crate::job_progress::{close_steps_at, end_job};
 use crate::store::{Store, parse_state, to_u32};
-use crate::types::{JobState, ReapOutcome, Reaped, StepState};
+use crate::types::{JobEnd, JobState, ReapOutcome, Reaped, StepState};
 
 const LOST: &str = "agent lost: its lease lapsed";
 const UNCONFIRMED: &str = "canceled; the agent did not confirm";
@@ -54,7 +55,7 @@ impl Store {
                         job::Column::CancelRequestedAt.is_null()
                     });
             let outcome = if cancel_requested {
-                self.end_job(&row.id, guard, JobState::Canceled, UNCONFIRMED, now)
+                self.end_job_for_server(&row.id, guard, JobState::Canceled, UNCONFIRMED, now)
                     .await?
                     .then_some(ReapOutcome::Canceled)
             } else if state == JobState::Assigned && attempt < max_attempts {
@@ -63,7 +64,7 @@ impl Store {
                     .await?
                     .then_some(ReapOutcome::Requeued { attempt: next })
             } else {
-                self.end_job(&row.id, guard, JobState::Failed, LOST, now)
+                self.end_job_for_server(&row.id, guard, JobState::Failed, LOST, now)
                     .await?
                     .then_some(ReapOutcome::Failed)
             };
@@ -102,7 +103,7 @@ impl Store {
             }
             let message = format!("timed out after {}", format_seconds(row.timeout_seconds));
             if self
-                .end_job(&row.id, as_read(&row), JobState::Failed, &message, now)
+                .end_job_for_server(&row.id, as_read(&row), JobState::Failed, &message, now)
                 .await?
             {
                 tracing::info!(job_id = %row.id, "reaped a job past its timeout");
@@ -130,7 +131,7 @@ impl Store {
         for row in rows {
             let guard = as_read(&row).add(job::Column::CancelRequestedAt.is_not_null());
             if self
-                .end_job(&row.id, guard, JobState::Canceled, UNCONFIRMED, now)
+                .end_job_for_server(&row.id, guard, JobState::Canceled, UNCONFIRMED, now)
                 .await?
             {
                 tracing::info!(job_id = %row.id, "reaped a job that did not confirm its cancel");
@@ -143,7 +144,7 @@ impl Store {
     /// Ends a job for the server in one transaction: when `guard` still
     /// matches, sets the final state, message, `finished_at` and clears the
     /// lease, then closes the steps. False when the guard matched nothing.
-    async fn end_job(
+    async fn end_job_for_server(
         &self,
         job_id: &str,
         guard: Condition,
@@ -151,25 +152,19 @@ impl Store {
         message: &str,
         now: i64,
     ) -> Result<bool> {
-        let running_steps_become = if state == JobState::Canceled {
-            StepState::Canceled
-        } else {
-            StepState::Failed
+        let end = JobEnd {
+            state,
+            message: message.to_owned(),
+            at: now,
         };
+        let end_update = end_job(job::Entity::update_many(), &end, &[])?;
         let txn = self.begin_write().await?;
-        let ended = job::Entity::update_many()
-            .col_expr(job::Column::State, Expr::value(state.as_str()))
-            .col_expr(job::Column::Message, Expr::value(message))
-            .col_expr(job::Column::FinishedAt, Expr::value(Some(now)))
-            .col_expr(job::Column::LeaseExpiresAt, Expr::value(None::<i64>))
-            .filter(guard)
-            .exec(&txn)
-            .await?;
+        let ended = end_update.filter(guard).exec(&txn).await?;
         if ended.rows_affected == 0 {
             txn.rollback().await?;
             return Ok(false);
         }
-        close_steps(&txn, job_id, running_steps_become, now).await?;
+        close_steps_at(&txn, job_id, &end).await?;
         txn.commit().await?;
         Ok(true)
     }

@@ -58,6 +58,7 @@ on_both_backends!(
     agent_statuses_in_batches,
     concurrent_writes_commit_alone,
     step_reports_on_log_batches,
+    job_ends_on_log_batches,
 );
 
 #[test]

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
     about = "Drives ferryd with simulated agents speaking the real protocol over TLS on loopback",
     long_about = "Drives a ferry server with many simulated agents that speak the real protocol \
                   over TLS (ferry-client, ferry-envelope): register, GetListenerToken, long-poll \
-                  PollJob, open the sealed job, StreamLogs (carrying the step states), CompleteJob. By default \
+                  PollJob, open the sealed job, StreamLogs (carrying the step states and the job's end). By default \
                   it starts `ferryd all` itself on a fresh temporary data directory for every \
                   run; with --url it drives a server that is already running.\n\n\
                   Every figure is printed as a markdown table row for BENCHMARKS.md."

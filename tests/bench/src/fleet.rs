@@ -31,9 +31,10 @@ pub enum Behaviour {
     /// Only poll; receiving a job is an error.
     Idle,
     /// `log_lines` lines on StreamLogs, the first reporting step 0
-    /// running, the last succeeded, then CompleteJob: what ferry-agent
-    /// sends for a step that prints nothing (`log_lines` 2). With 0 lines,
-    /// ReportStep RUNNING and SUCCEEDED instead of the stream.
+    /// running, the last succeeded and carrying the job's end: what
+    /// ferry-agent sends for a step that prints nothing (`log_lines` 2).
+    /// With 0 lines, ReportStep RUNNING and SUCCEEDED and CompleteJob
+    /// instead of the stream.
     Empty {
         /// Lines streamed per job.
         log_lines: u64,
@@ -69,7 +70,7 @@ pub enum Event {
         /// When the last acknowledgement arrived.
         at: Instant,
     },
-    /// CompleteJob returned.
+    /// The job completed (on its log stream, or CompleteJob returned).
     Completed {
         /// The job.
         job_id: String,
@@ -253,14 +254,17 @@ async fn run_job(
     });
     let session = agent.job_session(&opened.job)?;
     let masker = Masker::new(opened.job.secrets.values());
-    match behaviour {
+    // Whether the log stream completed the job (else CompleteJob does).
+    let completed = match behaviour {
         Behaviour::Idle => anyhow::bail!("an idle agent was given job {job_id}"),
         Behaviour::Empty { log_lines: 0 } => {
             session.report_step(StepState::Running, None).await?;
             session.report_step(StepState::Succeeded, Some(0)).await?;
+            false
         }
         Behaviour::Empty { log_lines } => {
             stream::step_lines(&session, &masker, *log_lines).await?;
+            true
         }
         Behaviour::Logs {
             go,
@@ -292,9 +296,12 @@ async fn run_job(
                 at: Instant::now(),
             });
             session.report_step(StepState::Succeeded, Some(0)).await?;
+            false
         }
+    };
+    if !completed {
+        session.complete().await?;
     }
-    session.complete().await?;
     let _ = events.send(Event::Completed {
         job_id,
         at: Instant::now(),

@@ -72,7 +72,7 @@ pub struct Ledger {
     pub queued: Vec<String>,
     /// Times each id was opened by an agent.
     pub opened: HashMap<String, u32>,
-    /// Times CompleteJob returned for each id.
+    /// Times each id was completed (the log stream's end, or CompleteJob).
     pub completed: HashMap<String, u32>,
 }
 

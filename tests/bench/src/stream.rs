@@ -6,7 +6,9 @@
 
 use anyhow::{Context, bail};
 use ferry_agent::masking::Masker;
-use ferry_proto::v1::{LogLine, LogStream, StepState, StepUpdate, StreamLogsRequest};
+use ferry_proto::v1::{
+    JobEnd, JobResult, JobState, LogLine, LogStream, StepState, StepUpdate, StreamLogsRequest,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -34,8 +36,9 @@ pub struct Plan<'a> {
 /// the step's start line, which reports it running, alone; once the server
 /// stored it (the agent waits for that before it runs the job's first
 /// step), the rest of `count` lines on the same stream, the last reporting
-/// the step succeeded; then it waits for the last acknowledgement. `count`
-/// is at least 2 (the start and exit lines).
+/// the step succeeded, with the job's end on the last message; then it
+/// waits for the answer that the job completed. `count` is at least 2 (the
+/// start and exit lines).
 pub async fn step_lines(session: &JobSession, masker: &Masker, count: u64) -> anyhow::Result<()> {
     anyhow::ensure!(
         count >= 2,
@@ -72,6 +75,7 @@ pub async fn step_lines(session: &JobSession, masker: &Masker, count: u64) -> an
         .send(StreamLogsRequest {
             job_id: session.job_id.clone(),
             lines,
+            end: None,
         })
         .await
         .context("queue the start line")?;
@@ -82,21 +86,35 @@ pub async fn step_lines(session: &JobSession, masker: &Masker, count: u64) -> an
         .await
         .context("StreamLogs")?
         .into_inner();
-    let mut acked = 0;
     let mut rest = Some(rest);
-    while acked < count {
+    loop {
         let Some(response) = responses.message().await.context("StreamLogs")? else {
-            bail!("the server ended the log stream at {acked} of {count} lines");
+            bail!("the server ended the log stream before the job completed");
         };
-        acked = response.acked_sequence;
-        if acked >= 1
+        if response.final_state != JobState::Unspecified as i32 {
+            anyhow::ensure!(
+                response.final_state == JobState::Succeeded as i32
+                    && response.acked_sequence == count,
+                "the job ended {:?} with {} of {count} lines stored",
+                JobState::try_from(response.final_state),
+                response.acked_sequence
+            );
+            break;
+        }
+        if response.acked_sequence >= 1
             && let Some(rest) = rest.take()
         {
-            for batch in rest.chunks(BATCH) {
+            let batches = rest.chunks(BATCH).count();
+            for (index, batch) in rest.chunks(BATCH).enumerate() {
+                let end = (index + 1 == batches).then(|| JobEnd {
+                    result: JobResult::Succeeded.into(),
+                    message: "all 1 steps succeeded".to_owned(),
+                });
                 requests
                     .send(StreamLogsRequest {
                         job_id: String::new(),
                         lines: batch.to_vec(),
+                        end,
                     })
                     .await
                     .context("queue log batch")?;
@@ -104,7 +122,7 @@ pub async fn step_lines(session: &JobSession, masker: &Masker, count: u64) -> an
         }
     }
     drop(requests);
-    // Let the server end the call, as ferry-agent does.
+    // The server ends the call after the job's end, as ferry-agent sees it.
     while responses.message().await.context("StreamLogs")?.is_some() {}
     Ok(())
 }
@@ -140,6 +158,7 @@ pub async fn output_lines(
             let request = StreamLogsRequest {
                 job_id: if first { job_id.clone() } else { String::new() },
                 lines,
+                end: None,
             };
             first = false;
             if requests.send(request).await.is_err() {

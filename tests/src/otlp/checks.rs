@@ -9,15 +9,26 @@ use ferry_observability::metrics::attributes;
 
 use super::{PointValue, ReceivedSpan, Receiver};
 
-/// The processes the job's trace must cross.
-pub const SERVICES: [&str; 6] = [
+/// The processes the job's trace must cross. (ferry-tokens is in it only
+/// when the job outlived half the agent's listener token: see
+/// [`tokens_traced`].)
+pub const SERVICES: [&str; 5] = [
     "ferryctl",
     "ferry-gateway",
     "ferry-dispatch",
-    "ferry-tokens",
     "ferry-logs",
     "ferry-agent",
 ];
+
+/// Whether the tokens service traced a listener token it issued (the
+/// agent's first, a trace of its own).
+pub fn tokens_traced(spans: &[ReceivedSpan]) -> bool {
+    spans.iter().any(|span| {
+        span.service == "ferry-tokens"
+            && span.span.name == "ferry.v1.TokenService/GetListenerToken"
+            && span.span.kind == SERVER
+    })
+}
 pub const SERVER: i32 = 2;
 
 /// What is wrong with the job's trace so far (empty when it is whole).
@@ -46,8 +57,6 @@ pub fn trace_problems(spans: &[ReceivedSpan]) -> Vec<String> {
     for (service, name) in [
         ("ferry-agent", "job"),
         ("ferry-dispatch", "dispatch"),
-        ("ferry-dispatch", "ferry.v1.JobService/CompleteJob"),
-        ("ferry-tokens", "ferry.v1.TokenService/GetListenerToken"),
         ("ferry-logs", "ferry.v1.LogService/StreamLogs"),
     ] {
         if !spans
@@ -242,8 +251,8 @@ pub fn metric_problems(receiver: &Receiver) -> Vec<String> {
         }),
     );
     for (service, code, method) in [
-        ("ferry-dispatch", "0", "CompleteJob"),
-        ("ferry-gateway", "0", "CompleteJob"),
+        ("ferry-dispatch", "0", "PollJob"),
+        ("ferry-gateway", "0", "PollJob"),
         ("ferry-dispatch", "16", "GetJob"),
     ] {
         let calls = receiver

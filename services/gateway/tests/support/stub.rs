@@ -152,6 +152,7 @@ impl LogService for Stub {
                 let ack = StreamLogsResponse {
                     acked_sequence,
                     cancel_requested: false,
+                    ..StreamLogsResponse::default()
                 };
                 if sender.send(Ok(ack)).await.is_err() {
                     return;

@@ -149,6 +149,21 @@ pub struct NewLogBatch<'a> {
     /// with the lines, in the same transaction, and only if the lines are
     /// new (a resent batch's reports were recorded the first time).
     pub steps: Vec<StepReport>,
+    /// The job's end, on the agent's last batch: the job completes in the
+    /// same transaction, once every line up to `last` is stored. Such a
+    /// batch may hold no lines (`last = first - 1`).
+    pub end: Option<JobEnd>,
+}
+
+/// How a job ended, reported by the agent holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    /// Succeeded, failed or canceled.
+    pub state: JobState,
+    /// The job's message; empty keeps a cancel's reason.
+    pub message: String,
+    /// When (Unix microseconds, the server's clock).
+    pub at: i64,
 }
 
 /// A step's new state, reported by the agent holding the job.

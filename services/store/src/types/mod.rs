@@ -9,8 +9,8 @@ mod resource;
 
 pub(crate) use job::DEFAULT_MAX_ATTEMPTS;
 pub use job::{
-    CancelOutcome, Holder, Job, JobFilter, JobStep, LeaseRenewal, LogBatch, LogHolder, NewJob,
-    NewLogBatch, ReapOutcome, Reaped, StepReport,
+    CancelOutcome, Holder, Job, JobEnd, JobFilter, JobStep, LeaseRenewal, LogBatch, LogHolder,
+    NewJob, NewLogBatch, ReapOutcome, Reaped, StepReport,
 };
 pub use resource::{Artifact, Source, TestSummary};
 

@@ -1,8 +1,10 @@
 //! Writes made in batches: a job stored already assigned, log batches of
-//! several jobs committed together, step reports carried by log batches,
-//! agent statuses recorded together.
+//! several jobs committed together, step reports and the job's end carried
+//! by log batches, agent statuses recorded together.
 
-use ferry_store::{AgentSeen, AgentStatus, Error, JobState, NewLogBatch, StepReport, StepState};
+use ferry_store::{
+    AgentSeen, AgentStatus, Error, JobEnd, JobState, NewLogBatch, StepReport, StepState,
+};
 
 use crate::support::{FOREVER, TestDb, claimed_job, first, new_agent, new_job};
 
@@ -121,6 +123,7 @@ pub async fn grouped_log_appends(db: &TestDb) {
         last,
         lines: format!("{first_line}..{last}").into_bytes(),
         steps: Vec::new(),
+        end: None,
     };
     let answers = store
         .append_log_batches(vec![
@@ -186,6 +189,7 @@ pub async fn step_reports_on_log_batches(db: &TestDb) {
             last,
             lines: b"lines".to_vec(),
             steps,
+            end: None,
         };
     let answers = store
         .append_log_batches(vec![
@@ -305,6 +309,7 @@ pub async fn step_reports_on_log_batches(db: &TestDb) {
                 None,
                 assigned_at - 60_000_000,
             )],
+            end: None,
         }])
         .await
         .expect("append");
@@ -479,4 +484,215 @@ pub async fn concurrent_writes_commit_alone(db: &TestDb) {
             .expect("read")
             .is_some()
     );
+}
+
+/// A log batch as (job, agent, first line, last line, step reports, end).
+type Batch<'a> = (
+    &'a str,
+    &'static str,
+    u64,
+    u64,
+    Vec<StepReport>,
+    Option<JobEnd>,
+);
+
+/// The job's end rides on its last log batch: the job completes with the
+/// batch, in the same write, only when every line up to it is stored and
+/// the holder is current; a batch may carry the end alone; an end resent
+/// after its lines were stored (an ack lost) still completes the job once.
+pub async fn job_ends_on_log_batches(db: &TestDb) {
+    let store = &db.store;
+    let pool = store.create_pool("ended").await.expect("pool");
+    let job = claimed_job(store, &pool.id, &["one", "two"], "agent-a").await;
+    let end = |state: JobState, message: &str| JobEnd {
+        state,
+        message: message.to_owned(),
+        at: 2_000,
+    };
+    let append = async |batches: Vec<Batch<'_>>| {
+        let batches = batches
+            .into_iter()
+            .map(
+                |(job_id, agent, first_line, last, steps, end)| NewLogBatch {
+                    job_id,
+                    holder: first(agent),
+                    first: first_line,
+                    last,
+                    lines: if last >= first_line {
+                        b"lines".to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    steps,
+                    end,
+                },
+            )
+            .collect();
+        conflicts(store.append_log_batches(batches).await.expect("group"))
+    };
+    let job_id = job.id.as_str();
+    let running = StepReport {
+        index: 0,
+        state: StepState::Running,
+        exit_code: None,
+        at: 1_000,
+    };
+    assert_eq!(
+        append(vec![(job_id, "agent-a", 1, 1, vec![running], None)]).await,
+        [Ok(1)]
+    );
+    let failed = end(JobState::Failed, "step two failed to start");
+    let answers = append(vec![
+        // a stale holder cannot end it
+        (job_id, "agent-b", 2, 2, vec![], Some(failed.clone())),
+        // nor can an end that leaves a gap
+        (job_id, "agent-a", 4, 4, vec![], Some(failed.clone())),
+        (
+            job_id,
+            "agent-a",
+            2,
+            3,
+            vec![StepReport {
+                index: 0,
+                state: StepState::Succeeded,
+                exit_code: Some(0),
+                at: 1_500,
+            }],
+            Some(failed.clone()),
+        ),
+    ])
+    .await;
+    assert_eq!(answers, [Err(true), Err(true), Ok(3)]);
+    let ended = store.job(job_id).await.expect("read").expect("job");
+    assert_eq!(
+        (
+            ended.state,
+            ended.message.as_str(),
+            ended.started_at,
+            ended.finished_at,
+            ended.lease_expires_at,
+            ended.log_sequence,
+        ),
+        (
+            JobState::Failed,
+            "step two failed to start",
+            Some(1_000),
+            Some(2_000),
+            None,
+            3
+        )
+    );
+    let steps: Vec<_> = ended
+        .steps
+        .iter()
+        .map(|step| (step.state, step.exit_code, step.finished_at))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (StepState::Succeeded, Some(0), Some(1_500)),
+            (StepState::Skipped, None, None),
+        ]
+    );
+    // Ended is final: neither the end again nor another line is taken.
+    assert_eq!(
+        append(vec![
+            (job_id, "agent-a", 2, 3, vec![], Some(failed.clone())),
+            (job_id, "agent-a", 4, 4, vec![], None),
+        ])
+        .await,
+        [Err(true), Err(true)]
+    );
+
+    // The end alone, after the last line was acknowledged; a job that
+    // never started completes too, its running step taking its state.
+    let alone = claimed_job(store, &pool.id, &["one", "two"], "agent-a").await;
+    let alone_id = alone.id.as_str();
+    assert_eq!(
+        append(vec![(alone_id, "agent-a", 1, 2, vec![running], None)]).await,
+        [Ok(2)]
+    );
+    assert_eq!(
+        append(vec![(
+            alone_id,
+            "agent-a",
+            3,
+            2,
+            vec![],
+            Some(end(JobState::Canceled, "canceled by the agent"))
+        )])
+        .await,
+        [Ok(2)]
+    );
+    let canceled = store.job(alone_id).await.expect("read").expect("job");
+    assert_eq!(canceled.state, JobState::Canceled);
+    assert_eq!(canceled.log_sequence, 2);
+    assert_eq!(
+        canceled
+            .steps
+            .iter()
+            .map(|step| step.state)
+            .collect::<Vec<_>>(),
+        [StepState::Canceled, StepState::Skipped]
+    );
+
+    // Lines stored, their ack lost: the agent resends them with the end.
+    let resent = claimed_job(store, &pool.id, &["one"], "agent-a").await;
+    let resent_id = resent.id.as_str();
+    assert_eq!(
+        append(vec![(resent_id, "agent-a", 1, 2, vec![running], None)]).await,
+        [Ok(2)]
+    );
+    let succeeded = end(JobState::Succeeded, "");
+    assert_eq!(
+        append(vec![
+            // an end before lines that are stored is refused
+            (resent_id, "agent-a", 1, 1, vec![], Some(succeeded.clone())),
+            (resent_id, "agent-a", 1, 2, vec![], Some(succeeded.clone())),
+        ])
+        .await,
+        [Err(true), Ok(2)]
+    );
+    let done = store.job(resent_id).await.expect("read").expect("job");
+    assert_eq!(
+        (done.state, done.steps[0].state),
+        (JobState::Succeeded, StepState::Succeeded),
+        "the running step takes the job's state"
+    );
+
+    // Only a final state ends a job; an end without lines needs one.
+    let open = claimed_job(store, &pool.id, &["one"], "agent-a").await;
+    let open_id = open.id.as_str();
+    let answers = store
+        .append_log_batches(vec![
+            NewLogBatch {
+                job_id: open_id,
+                holder: first("agent-a"),
+                first: 1,
+                last: 0,
+                lines: Vec::new(),
+                steps: vec![],
+                end: Some(end(JobState::Running, "")),
+            },
+            NewLogBatch {
+                job_id: open_id,
+                holder: first("agent-a"),
+                first: 1,
+                last: 0,
+                lines: Vec::new(),
+                steps: vec![],
+                end: None,
+            },
+        ])
+        .await
+        .expect("group");
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [Err(Error::Invalid(_)), Err(Error::Invalid(_))]
+        ),
+        "{answers:?}"
+    );
+    let still = store.job(open_id).await.expect("read").expect("job");
+    assert_eq!(still.state, JobState::Assigned);
 }

@@ -15,7 +15,7 @@ mod telemetry;
 pub use at_rest::spec_encrypted_at_rest;
 pub use batches::{
     agent_statuses_in_batches, concurrent_writes_commit_alone, grouped_log_appends,
-    job_stored_assigned, step_reports_on_log_batches,
+    job_ends_on_log_batches, job_stored_assigned, step_reports_on_log_batches,
 };
 pub use cancel::{cancel_jobs, timeouts, unconfirmed_cancels};
 pub use directory::{administrators, agent_disabling, agents, pools, reconnect_keeps_data};

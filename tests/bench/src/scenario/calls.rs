@@ -21,9 +21,9 @@ use crate::report::{Row, median, micros_note, runs_note, thousands};
 use crate::server::{Target, cpu_now};
 
 /// Calls a one-step job makes as this tool's agents run it: QueueJob,
-/// PollJob, StreamLogs (two messages and two acks on one call),
-/// CompleteJob. (ferry-agent also fetches a listener token after each job.)
-pub const CALLS_PER_JOB: f64 = 4.0;
+/// PollJob, StreamLogs (two messages and two acks on one call, the second
+/// carrying the job's end), as ferry-agent makes them.
+pub const CALLS_PER_JOB: f64 = 3.0;
 
 /// One run's rate and CPU time per call.
 #[derive(Debug, Clone, Copy)]

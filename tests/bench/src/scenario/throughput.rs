@@ -2,8 +2,8 @@
 //! clients (each on its own connection, `--in-flight` calls each) and run by
 //! `--agents` busy agents. Each rate is jobs divided by the time from the
 //! first QueueJob call to the last QueueJob answer (queued), the last job
-//! opened by an agent (dispatched) and the last CompleteJob answer
-//! (completed).
+//! opened by an agent (dispatched) and the last answer that a job completed
+//! (the log stream's final ack, or CompleteJob's).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
