@@ -11,7 +11,7 @@ use ferry_envelope::Opener;
 use ferry_proto::time::duration_from_proto;
 use ferry_proto::v1::job_service_client::JobServiceClient;
 use ferry_proto::v1::resource_service_client::ResourceServiceClient;
-use ferry_proto::v1::{AgentJob, CompleteJobRequest, JobResult, StepState};
+use ferry_proto::v1::{AgentJob, CompleteJobRequest, JobResult, JobState, StepState};
 use tonic::transport::Channel;
 use tracing::Instrument as _;
 
@@ -229,16 +229,22 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
     log.finish(result, &fit_message(&message));
     let mut completed = false;
     match upload.await {
-        Ok(summary) if summary.lost > 0 => {
-            tracing::warn!(job_id = %job_id, lost = summary.lost, lines = summary.lines, "log lines were never acknowledged and are lost");
-            message.push_str(&format!(
-                "; {} of {} log lines lost",
-                summary.lost, summary.lines
-            ));
-        }
         Ok(summary) => {
-            tracing::debug!(job_id = %job_id, lines = summary.lines, "log uploaded");
-            completed = summary.completed.is_some();
+            if summary.lost > 0 {
+                tracing::warn!(job_id = %job_id, lost = summary.lost, lines = summary.lines, "log lines were never acknowledged and are lost");
+                message.push_str(&format!(
+                    "; {} of {} log lines lost",
+                    summary.lost, summary.lines
+                ));
+            } else {
+                tracing::debug!(job_id = %job_id, lines = summary.lines, "log uploaded");
+            }
+            if let Some(state) = summary.completed {
+                completed = true;
+                if state != result_state(result) {
+                    tracing::warn!(job_id = %job_id, server_state = state.as_str_name(), "the server had ended the job otherwise");
+                }
+            }
         }
         Err(error) => tracing::error!(job_id = %job_id, %error, "the log uploader failed"),
     }
@@ -598,6 +604,15 @@ async fn skip(log: &mut JobLog, step_index: u32, name: &str) {
         None,
     )
     .await;
+}
+
+/// The job state a result gives.
+fn result_state(result: JobResult) -> JobState {
+    match result {
+        JobResult::Succeeded => JobState::Succeeded,
+        JobResult::Canceled => JobState::Canceled,
+        JobResult::Failed | JobResult::Unspecified => JobState::Failed,
+    }
 }
 
 /// Longest job message the server takes, in bytes.

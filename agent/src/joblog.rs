@@ -46,15 +46,15 @@ impl JobLog {
         }
     }
 
-    /// Closes the log with the job's end (its message masked): the
-    /// uploader sends it after the last line, and the server completes the
-    /// job once every line is stored. Dropping the log instead closes it
-    /// without an end.
+    /// Closes the log with the job's end (`message` masked by the caller
+    /// and within the server's limit): the uploader sends it after the last
+    /// line, and the server completes the job once every line is stored.
+    /// Dropping the log instead closes it without an end.
     pub fn finish(mut self, result: JobResult, message: &str) {
         if let Some(end) = self.end.take() {
             let _ = end.send(JobEnd {
                 result: result.into(),
-                message: self.mask(message),
+                message: message.to_owned(),
             });
         }
     }

@@ -198,6 +198,28 @@ async fn an_end_the_server_cannot_take_leaves_the_lines_to_go_on_and_completes_w
 }
 
 #[tokio::test]
+async fn a_lost_final_ack_is_learned_again_from_the_next_stream() {
+    let (fake, _temp, dir) = configured_agent().await;
+    fake.state().drop_final_ack = true;
+    fake.queue(job(JOB_A, JOB_TOKEN, vec![step("one", "echo one")]));
+    let (_shutdown, task) = spawn_agent(&dir, &["--once"]);
+    finish(task, Duration::from_secs(20)).await;
+    let state = fake.state();
+    // Completed once, on the stream; the reconnect learned it and made no
+    // CompleteJob call.
+    assert_eq!((state.stream_ends, state.completions.len()), (1, 1));
+    assert!(state.log_streams >= 2, "{} streams", state.log_streams);
+    assert!(
+        !state
+            .authorizations
+            .iter()
+            .any(|(method, _)| *method == "CompleteJob"),
+        "no CompleteJob call"
+    );
+    assert_eq!(state.completions[0].message, "all 1 steps succeeded");
+}
+
+#[tokio::test]
 async fn an_end_refused_because_the_job_moved_ends_the_upload_at_once() {
     let (_fake, message) = run_with_refused_end(tonic::Code::FailedPrecondition).await;
     // The lines that went with the end could not be stored: it says so.

@@ -130,7 +130,7 @@ pub fn start(
         end_receiver,
         end: None,
         end_sent: false,
-        end_refused: false,
+        gone: false,
         completed: None,
         backlog: Backlog::new(options.memory_lines.max(1), spool),
         sent: 0,
@@ -302,10 +302,12 @@ struct Uploader {
     end: Option<JobEnd>,
     /// Whether the end went out on the current stream.
     end_sent: bool,
-    /// The server refused the end because the job ended or moved: the
-    /// upload is over (what was not stored cannot be).
-    end_refused: bool,
-    /// The job's final state, from the server's answer to the end.
+    /// While closing, the server refused a new stream for good (the job
+    /// moved to another agent or attempt): the upload is over, what was
+    /// not stored cannot be.
+    gone: bool,
+    /// The job's final state, from the server: its answer to the end, or
+    /// to a stream opened after the job ended.
     completed: Option<JobState>,
     backlog: Backlog,
     /// How many lines of the window were sent on the current stream.
@@ -328,7 +330,7 @@ impl Uploader {
     async fn run(mut self) -> UploadSummary {
         let mut backoff = Backoff::default();
         loop {
-            if self.done() || self.end_refused || self.past_deadline() {
+            if self.done() || self.gone || self.past_deadline() {
                 break;
             }
             let acked_before = self.acked;
@@ -340,8 +342,8 @@ impl Uploader {
             if self.acked > acked_before || started.elapsed() >= HEALTHY_STREAM {
                 backoff.reset();
             }
-            if self.end_refused {
-                tracing::warn!(job_id = %self.job_id, error = %error, "the server did not complete the job with its log");
+            if self.gone {
+                tracing::warn!(job_id = %self.job_id, error = %error, "the job's log cannot be finished: the job moved");
                 break;
             }
             if self.past_deadline() {
@@ -367,10 +369,19 @@ impl Uploader {
         }
     }
 
-    /// Whether the upload is over: the log closed, every line acknowledged
-    /// and, when the job's end was given, the job completed.
+    /// Whether the upload is over: the log closed, and the job ended on
+    /// the server (lines not acknowledged by then are lost) or, without an
+    /// end to send, every line acknowledged.
     fn done(&self) -> bool {
-        self.closing && self.backlog.is_empty() && (self.end.is_none() || self.completed.is_some())
+        self.closing
+            && (self.completed.is_some() || (!self.end_pending() && self.backlog.is_empty()))
+    }
+
+    /// Whether an end is to go out: one was given, and no line was lost to
+    /// an unreadable spool (the job's message must then say so, with
+    /// `CompleteJob`).
+    fn end_pending(&self) -> bool {
+        self.end.is_some() && self.backlog.unreadable == 0
     }
 
     fn past_deadline(&self) -> bool {
@@ -482,14 +493,20 @@ impl Uploader {
             let deadline = self.deadline.unwrap_or_else(Self::far_future);
             let can_receive = self.can_receive();
             tokio::select! {
-                result = &mut call, if responses.is_none() => {
-                    responses = Some(result.map_err(|status| describe(&status))?.into_inner());
-                }
+                result = &mut call, if responses.is_none() => match result {
+                    Ok(response) => responses = Some(response.into_inner()),
+                    Err(status) => {
+                        // Refused for good while finishing: the job moved
+                        // (a job that ended would answer its state).
+                        self.gone = self.closing && !is_transient(&status);
+                        return Err(describe(&status));
+                    }
+                },
                 message = next_response(&mut responses), if responses.is_some() => match message {
                     Ok(Some(response)) => self.answer(&response),
                     Ok(None) => return Err("the server ended the log stream".into()),
                     Err(status) => {
-                        if self.end_sent && !is_transient(&status) {
+                        if self.end_sent {
                             self.refused(&status);
                         }
                         return Err(describe(&status));
@@ -523,16 +540,17 @@ impl Uploader {
         self.ack(response.acked_sequence);
         if let Ok(state) = JobState::try_from(response.final_state)
             && state != JobState::Unspecified
-            && self.end_sent
         {
             self.completed = Some(state);
         }
     }
 
-    /// The server refused the message with the end. When it refused the
-    /// end itself (`INVALID_ARGUMENT`, `PERMISSION_DENIED`), the lines go
-    /// on without it and the job is completed with `CompleteJob`; else the
-    /// job ended or moved, and the upload is over.
+    /// The stream failed after the end went out. When the server refused
+    /// the end itself (`INVALID_ARGUMENT`, `PERMISSION_DENIED`), the lines
+    /// go on without it and the job is completed with `CompleteJob`; on any
+    /// other error the next stream sends the end again (it answers with the
+    /// job's final state if the end was stored, and is refused if the job
+    /// moved).
     fn refused(&mut self, status: &tonic::Status) {
         if matches!(
             status.code(),
@@ -540,8 +558,6 @@ impl Uploader {
         ) {
             tracing::warn!(job_id = %self.job_id, error = %describe(status), "the server refused the job's end on the log stream; completing it with CompleteJob");
             self.end = None;
-        } else {
-            self.end_refused = true;
         }
     }
 
@@ -549,7 +565,7 @@ impl Uploader {
     /// was not sent on this stream, and every line is sent.
     fn end_due(&self) -> bool {
         self.closing
-            && self.end.is_some()
+            && self.end_pending()
             && !self.end_sent
             && self.completed.is_none()
             && self.backlog.all_in_window()

@@ -44,8 +44,16 @@ pub struct State {
     pub stream_ends: u32,
     /// Refuse a log stream's end with this code (its lines not stored):
     /// INVALID_ARGUMENT as for an end the server cannot take,
-    /// FAILED_PRECONDITION as when the job moved meanwhile.
+    /// FAILED_PRECONDITION as when the job moved meanwhile (later streams
+    /// of the job are then refused UNAUTHENTICATED, as the server does).
     pub refuse_ends: Option<tonic::Code>,
+    /// Jobs that moved to another agent: their streams are refused.
+    pub moved_jobs: HashSet<String>,
+    /// Store the next end but drop the stream instead of its final ack.
+    pub drop_final_ack: bool,
+    /// Jobs ended on their log stream: a later stream of theirs is told
+    /// the final state, as the server does.
+    pub ended_jobs: HashSet<String>,
     /// Stored log lines, deduplicated by sequence.
     pub lines: Vec<LogLine>,
     pub batch_sizes: Vec<usize>,
@@ -538,6 +546,25 @@ impl LogService for Fake {
             .map(|batch| batch.job_id.clone())
             .unwrap_or_default();
         let (sender, receiver) = mpsc::channel(16);
+        let (moved, ended) = {
+            let state = self.state();
+            (
+                state.moved_jobs.contains(&job_id),
+                state.ended_jobs.contains(&job_id),
+            )
+        };
+        if moved {
+            return Err(Status::unauthenticated("injected: the job moved"));
+        }
+        if ended {
+            let answer = StreamLogsResponse {
+                acked_sequence: self.stored(&job_id),
+                cancel_requested: false,
+                final_state: JobState::Succeeded.into(),
+            };
+            let _ = sender.send(Ok(answer)).await;
+            return Ok(Response::new(ReceiverStream::new(receiver)));
+        }
         let fake = self.clone();
         let mut pokes = self.pokes.subscribe();
         tokio::spawn(async move {
@@ -559,6 +586,9 @@ impl LogService for Fake {
                 }
                 let refuse_end = fake.state().refuse_ends.filter(|_| batch.end.is_some());
                 if let Some(code) = refuse_end {
+                    if code == tonic::Code::FailedPrecondition {
+                        fake.state().moved_jobs.insert(job_id.clone());
+                    }
                     let _ = sender
                         .send(Err(Status::new(code, "injected: end refused")))
                         .await;
@@ -567,13 +597,23 @@ impl LogService for Fake {
                 let acked_sequence = fake.store(&job_id, batch.lines);
                 let final_state = match &batch.end {
                     Some(end) => {
-                        let mut state = fake.state();
-                        state.stream_ends += 1;
-                        state.completions.push(CompleteJobRequest {
-                            job_id: job_id.clone(),
-                            result: end.result,
-                            message: end.message.clone(),
-                        });
+                        let drop_ack = {
+                            let mut state = fake.state();
+                            state.stream_ends += 1;
+                            state.completions.push(CompleteJobRequest {
+                                job_id: job_id.clone(),
+                                result: end.result,
+                                message: end.message.clone(),
+                            });
+                            state.ended_jobs.insert(job_id.clone());
+                            std::mem::take(&mut state.drop_final_ack)
+                        };
+                        if drop_ack {
+                            let _ = sender
+                                .send(Err(Status::unavailable("injected: final ack lost")))
+                                .await;
+                            return;
+                        }
                         JobState::Succeeded
                     }
                     None => JobState::Unspecified,

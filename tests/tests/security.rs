@@ -410,6 +410,17 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
             Code::FailedPrecondition,
             "lines missing before the end",
         ),
+        (
+            StreamLogsRequest {
+                end: Some(JobEnd {
+                    result: JobResult::Succeeded.into(),
+                    message: "x".repeat(5000),
+                }),
+                ..ending(vec![line(4)], JobResult::Succeeded)
+            },
+            Code::InvalidArgument,
+            "a message over 4096 bytes",
+        ),
     ] {
         let mut acks = logs
             .stream_logs(futures::stream::iter(vec![bad]))
@@ -484,10 +495,20 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
         lines: vec![line(5)],
         end: None,
     };
+    // A stream opened after the job ended stores nothing: it only says how
+    // the job ended and how far its log goes (so an agent whose final ack
+    // was lost learns that its end was stored).
+    let mut answers = logs
+        .stream_logs(futures::stream::iter(vec![late]))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.context("the answer")?;
     assert_eq!(
-        code(logs.stream_logs(futures::stream::iter(vec![late])).await),
-        Code::Unauthenticated
+        (answer.acked_sequence, answer.final_state),
+        (4, i32::from(JobState::Succeeded))
     );
+    assert!(answers.message().await?.is_none(), "the stream ends");
+    assert_eq!(job_state(job_a.clone()).await?.log_line_count, 4);
     Ok(())
 }
 

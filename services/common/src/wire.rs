@@ -4,7 +4,7 @@
 use ferry_proto::time::micros_from_timestamp;
 use ferry_proto::v1::{JobResult, JobState, StepState, TestSummary};
 
-use crate::{Error, Result, validate};
+use crate::{Error, Result};
 
 /// The wire form of a job state.
 pub fn job_state(state: ferry_store::JobState) -> JobState {
@@ -47,7 +47,14 @@ pub fn job_end(result: i32, message: &str, now: i64) -> Result<ferry_store::JobE
             ));
         }
     };
-    validate::max_len("message", message, MAX_END_MESSAGE)?;
+    if message.len() > MAX_END_MESSAGE {
+        // The agent's own report, not a payload: a request to fix, not to
+        // retry.
+        return Err(Error::InvalidArgument(format!(
+            "message is {} bytes, the limit is {MAX_END_MESSAGE}",
+            message.len()
+        )));
+    }
     Ok(ferry_store::JobEnd {
         state,
         message: message.to_owned(),

@@ -205,6 +205,17 @@ async fn stream_logs(
     let mut cancel = logs.watch_cancel(&first.job_id.as_str().into());
     let mut ingest = logs.ingest(&caller, &first.job_id).await?;
     let (sender, receiver) = mpsc::channel(16);
+    if let Some(final_state) = ingest.ended() {
+        // Nothing more is stored for a job that ended: say how it ended
+        // and how far its log goes, and end the stream.
+        let answer = StreamLogsResponse {
+            acked_sequence: ingest.acked(),
+            cancel_requested: false,
+            final_state: final_state.into(),
+        };
+        let _ = sender.send(Ok(answer)).await;
+        return Ok(Response::new(ReceiverStream::new(receiver)));
+    }
     tokio::spawn(async move {
         let job_id = ingest.job_id().clone();
         let mut pending = Some(first);

@@ -181,6 +181,8 @@ pub struct Ingest {
     /// The last line the store acknowledged.
     acked: u64,
     cancel_requested: bool,
+    /// The job's final state, when it had ended before the stream opened.
+    ended: Option<JobState>,
 }
 
 /// A batch handed to the writer: resolves to the job's cumulative ack once
@@ -260,8 +262,11 @@ impl Logs {
     }
 
     /// Opens ingest for the caller's job: refused unless the job token is
-    /// for `job_id` with the logs scope and the job is still running on the
-    /// token's agent.
+    /// for `job_id` with the logs scope and the job is (or was, until it
+    /// ended) held by the token's agent in the token's attempt. A job that
+    /// ended takes nothing more: its stream only learns the final state
+    /// ([`Ingest::ended`]), so an agent whose end committed but whose final
+    /// ack was lost learns that its job completed.
     pub async fn ingest(&self, caller: &JobIdentity, job_id: &str) -> Result<Ingest> {
         validate::id("job_id", job_id)?;
         caller
@@ -273,12 +278,11 @@ impl Logs {
             .log_holder(job_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
-        if job.state.is_terminal()
-            || job.agent_id.as_deref() != Some(caller.agent_id.as_str())
+        if job.agent_id.as_deref() != Some(caller.agent_id.as_str())
             || job.attempt != caller.attempt
         {
             return Err(Error::Unauthenticated(
-                "the job has ended or moved: its token is revoked".to_owned(),
+                "the job moved to another agent or attempt: its token is revoked".to_owned(),
             ));
         }
         Ok(Ingest {
@@ -293,6 +297,7 @@ impl Logs {
             sent: job.log_sequence,
             acked: job.log_sequence,
             cancel_requested: job.cancel_requested,
+            ended: job.state.is_terminal().then(|| wire::job_state(job.state)),
         })
     }
 
@@ -330,6 +335,12 @@ impl Ingest {
     /// Whether the job had a cancel request when the stream opened.
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested
+    }
+
+    /// The job's final state, when it had ended before the stream opened:
+    /// the stream then takes nothing and answers with it.
+    pub fn ended(&self) -> Option<JobState> {
+        self.ended
     }
 
     /// Checks a batch and hands the lines above those already handed over
