@@ -122,17 +122,41 @@ impl Cancels {
         }
     }
 
-    /// Raises the flags of canceled jobs until the events end.
-    async fn listen(self: Arc<Self>, mut events: tokio::sync::broadcast::Receiver<Event>) {
+    /// Raises the flags of canceled jobs until the events end. When events
+    /// may have been lost (this task fell behind, or the mesh's listener
+    /// reconnected), every watched job's cancel is read from the store.
+    async fn listen(
+        self: Arc<Self>,
+        store: Store,
+        mut events: tokio::sync::broadcast::Receiver<Event>,
+    ) {
         loop {
             match events.recv().await {
-                Ok(Event::CancelRequested { job_id }) => {
-                    if let Some(watched) = self.lock().get(&job_id) {
-                        watched.canceled.send_replace(true);
-                    }
-                }
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Ok(Event::CancelRequested { job_id }) => self.raise(&job_id),
+                Ok(Event::Resync) | Err(RecvError::Lagged(_)) => self.recheck(&store).await,
+                Ok(_) => {}
                 Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Raises the job's flag, if a stream watches it.
+    fn raise(&self, job_id: &str) {
+        if let Some(watched) = self.lock().get(job_id) {
+            watched.canceled.send_replace(true);
+        }
+    }
+
+    /// Raises the flag of every watched job the store says was canceled.
+    async fn recheck(&self, store: &Store) {
+        let watched: Vec<Arc<str>> = self.lock().keys().cloned().collect();
+        for job_id in watched {
+            match store.log_holder(&job_id).await {
+                Ok(Some(holder)) if holder.cancel_requested => self.raise(&job_id),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(job_id = %job_id, error = %error, "cannot read whether a job was canceled");
+                }
             }
         }
     }
@@ -252,7 +276,7 @@ impl Logs {
             })
             .collect();
         let cancels = Arc::new(Cancels::default());
-        tokio::spawn(cancels.clone().listen(events.subscribe()));
+        tokio::spawn(cancels.clone().listen(store.clone(), events.subscribe()));
         Self {
             store,
             events,
@@ -668,11 +692,23 @@ impl Logs {
 mod tests {
     use super::*;
 
+    /// A store on a fresh SQLite file, and its directory.
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("ferry.db").display()
+        );
+        let store = Store::connect(&url, [7; 32]).await.expect("store");
+        (store, dir)
+    }
+
     #[tokio::test]
     async fn a_cancel_reaches_the_streams_of_its_job_only() {
         let events = Events::new();
         let cancels = Arc::new(Cancels::default());
-        tokio::spawn(cancels.clone().listen(events.subscribe()));
+        let (store, _dir) = store().await;
+        tokio::spawn(cancels.clone().listen(store, events.subscribe()));
         let (canceled, other): (Arc<str>, Arc<str>) = ("job-a".into(), "job-b".into());
         let mut first = cancels.watch(&canceled);
         let mut second = cancels.watch(&canceled);
@@ -708,5 +744,55 @@ mod tests {
             cancels.lock().is_empty(),
             "closed streams leave nothing behind"
         );
+    }
+
+    #[tokio::test]
+    async fn after_a_resync_a_cancel_missed_is_read_from_the_store() {
+        let events = Events::new();
+        let cancels = Arc::new(Cancels::default());
+        let (store, _dir) = store().await;
+        let pool = store.create_pool("resync").await.expect("pool");
+        let job = store
+            .insert_job(ferry_store::NewJob {
+                id: uuid::Uuid::now_v7().to_string(),
+                pool_id: pool.id.clone(),
+                name: "watched".to_owned(),
+                project: "p".to_owned(),
+                pipeline: "p".to_owned(),
+                demands: Default::default(),
+                secret_names: Vec::new(),
+                step_names: vec!["one".to_owned()],
+                spec: Vec::new(),
+                timeout_seconds: 60,
+                queued_at: 1,
+                source_id: None,
+                max_attempts: 0,
+            })
+            .await
+            .expect("job");
+        assert!(
+            store
+                .claim_job(&job.id, "agent-a", 2, i64::MAX)
+                .await
+                .expect("claim")
+        );
+        tokio::spawn(cancels.clone().listen(store.clone(), events.subscribe()));
+        let mut watch = cancels.watch(&job.id.as_str().into());
+        // Canceled while its event was lost (another replica's, say).
+        store
+            .request_cancel(&job.id, "stop", 3)
+            .await
+            .expect("cancel");
+        let within = Duration::from_secs(5);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), watch.canceled())
+                .await
+                .is_err(),
+            "no event, no flag"
+        );
+        events.publish(Event::Resync);
+        tokio::time::timeout(within, watch.canceled())
+            .await
+            .expect("the resync finds the cancel");
     }
 }
