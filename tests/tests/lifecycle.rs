@@ -9,7 +9,8 @@ use ferry_e2e::jobs::{self, state};
 use ferry_e2e::sim::SimAgent;
 use ferry_e2e::{Agent, Server, eventually, free_port};
 use ferry_proto::v1::{
-    CancelJobRequest, JobSpec, JobState, RemoveAgentRequest, ReportStepRequest, StepSpec, StepState,
+    AgentStatus, CancelJobRequest, JobSpec, JobState, ListAgentsRequest, RemoveAgentRequest,
+    ReportStepRequest, StepSpec, StepState,
 };
 use tonic::Code;
 
@@ -277,5 +278,55 @@ async fn removing_an_agent_ends_its_long_poll_at_once() -> anyhow::Result<()> {
     let answer = tokio::time::timeout(Duration::from_secs(5), poll).await??;
     assert_eq!(answer.expect_err("refused").code(), Code::Unauthenticated);
     assert!(removed_at.elapsed() < Duration::from_secs(5));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_stopped_after_its_job_shows_idle_not_busy() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path())?;
+    let mut agent = start_agent(&server, dir.path(), "stopping")?;
+    let job = jobs::queue(&server, spec("last job", &["sleep 1", "echo done"])).await?;
+    eventually(Duration::from_secs(30), "the job to run", || async {
+        jobs::get(&server, &job.id)
+            .await
+            .ok()
+            .filter(|job| state(job) == JobState::Running)
+    })
+    .await?;
+    // SIGTERM: the running job finishes, then the agent exits without
+    // polling again. The job completes on its log stream (the log
+    // service); dispatch hears of it and shows the agent idle.
+    let process = agent.process.as_mut().context("agent running")?;
+    std::process::Command::new("kill")
+        .args(["-TERM", &process.id().to_string()])
+        .status()?;
+    let status = process.wait_exit(Duration::from_secs(30))?;
+    assert!(status.success(), "the agent drains and exits 0");
+    let finished = jobs::finished(&server, &job.id, Duration::from_secs(10)).await?;
+    assert_eq!(
+        state(&finished),
+        JobState::Succeeded,
+        "{}",
+        finished.message
+    );
+    let registration = ferry_client::registration(server.channel().await?, server.owner());
+    eventually(Duration::from_secs(10), "the agent shown idle", || {
+        let mut registration = registration.clone();
+        async move {
+            let agents = registration
+                .list_agents(ListAgentsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .agents;
+            agents.into_iter().find(|shown| {
+                shown.name == "stopping"
+                    && shown.status == AgentStatus::Online as i32
+                    && shown.current_job_id.is_empty()
+            })
+        }
+    })
+    .await?;
     Ok(())
 }

@@ -448,11 +448,40 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
         job_state(job_a.clone()).await?.state,
         i32::from(JobState::Running)
     );
-    // The last line and the end: the answer says the job completed, and
-    // the server ends the stream.
-    let mut acks = logs
+    // A job token without the job:status scope (the server's own key, the
+    // same claims) may stream lines but not end the job.
+    let payload = job_token.split('.').nth(1).context("a JWT")?;
+    let mut claims: Claims = serde_json::from_slice(&base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        payload,
+    )?)?;
+    claims.scope = scope::JOB_LOGS.to_owned();
+    let logs_only = TokenSigner::from_pkcs8(&server_key_pkcs8, "ferry")?.sign(&claims)?;
+    let mut acks = ferry_client::logs(channel.clone(), Bearer::new(&logs_only)?)
         .stream_logs(futures::stream::iter(vec![ending(
             vec![line(4)],
+            JobResult::Succeeded,
+        )]))
+        .await?
+        .into_inner();
+    assert_eq!(
+        acks.message().await.expect_err("no job:status").code(),
+        Code::PermissionDenied
+    );
+    // The last line, then the end alone: the answer says the job
+    // completed, and the server ends the stream.
+    let mut acks = logs
+        .stream_logs(futures::stream::iter(vec![StreamLogsRequest {
+            job_id: job_a.clone(),
+            lines: vec![line(4)],
+            end: None,
+        }]))
+        .await?
+        .into_inner();
+    assert_eq!(acks.message().await?.map(|ack| ack.acked_sequence), Some(4));
+    let mut acks = logs
+        .stream_logs(futures::stream::iter(vec![ending(
+            Vec::new(),
             JobResult::Succeeded,
         )]))
         .await?
