@@ -190,20 +190,11 @@ async fn run_once_runs_a_job_reports_it_and_streams_masked_logs() {
     assert_eq!(completion.message, "step fail failed with exit code 3");
 
     assert!(
-        !state
-            .authorizations
-            .iter()
-            .any(|(method, _)| *method == "ReportStep"),
+        !state.called("ReportStep"),
         "steps are reported on their log lines, not with ReportStep"
     );
     assert_eq!(state.stream_ends, 1, "the job completes on its log stream");
-    assert!(
-        !state
-            .authorizations
-            .iter()
-            .any(|(method, _)| *method == "CompleteJob"),
-        "no CompleteJob call"
-    );
+    assert!(!state.called("CompleteJob"), "no CompleteJob call");
     let reports: Vec<(u32, i32, Option<i32>)> = state
         .reports
         .iter()
@@ -266,12 +257,7 @@ async fn run_once_runs_a_job_reports_it_and_streams_masked_logs() {
         };
         assert_eq!(header, &format!("Bearer {expected}"), "{method}");
     }
-    assert!(
-        state
-            .authorizations
-            .iter()
-            .any(|(method, _)| *method == "StreamLogs")
-    );
+    assert!(state.called("StreamLogs"));
     let work_dir = dir.join("work");
     assert!(
         !work_dir.join(&job.job_id).exists(),
@@ -308,20 +294,11 @@ async fn a_refused_listener_token_is_replaced_at_once() {
     {
         let mut state = fake.state();
         state.reject_polls = 1;
-        state.queue.push_back(AgentJob {
-            job_id: "0190f0a0-cccc-7000-8000-000000000003".into(),
-            name: "ok".into(),
-            steps: vec![step("ok", "true")],
-            job_token: JOB_TOKEN.into(),
-            ..AgentJob::default()
-        });
+        state
+            .queue
+            .push_back(one_step_job("0190f0a0-cccc-7000-8000-000000000003", "true"));
     }
-    let cli =
-        Cli::try_parse_from(["ferry-agent", "run", "--once", "--dir", &dir]).expect("arguments");
-    tokio::time::timeout(Duration::from_secs(10), run(cli))
-        .await
-        .expect("the agent recovers quickly")
-        .expect("run");
+    run_once(&dir, Duration::from_secs(10)).await;
     let state = fake.state();
     // The refused one and its replacement; none after the job, whose token
     // has most of its life ahead.
@@ -337,24 +314,37 @@ async fn a_job_that_outlived_half_the_listener_token_renews_it_after() {
     {
         let mut state = fake.state();
         state.token_life = Some(Duration::from_secs(4));
-        state.queue.push_back(AgentJob {
-            job_id: "0190f0a0-cccc-7000-8000-000000000004".into(),
-            name: "slow".into(),
-            steps: vec![step("slow", "sleep 2.5")],
-            job_token: JOB_TOKEN.into(),
-            ..AgentJob::default()
-        });
+        state.queue.push_back(one_step_job(
+            "0190f0a0-cccc-7000-8000-000000000004",
+            "sleep 2.5",
+        ));
     }
-    let cli =
-        Cli::try_parse_from(["ferry-agent", "run", "--once", "--dir", &dir]).expect("arguments");
-    tokio::time::timeout(Duration::from_secs(20), run(cli))
-        .await
-        .expect("the job ends")
-        .expect("run");
+    run_once(&dir, Duration::from_secs(20)).await;
     let state = fake.state();
     // The first token, and a fresh one after the job (2.5 s of a 4 s life).
     assert_eq!(state.token_fetches, 2);
     assert_eq!(state.completions.len(), 1);
+}
+
+/// A job of one step running `script`.
+fn one_step_job(job_id: &str, script: &str) -> AgentJob {
+    AgentJob {
+        job_id: job_id.into(),
+        name: "one step".into(),
+        steps: vec![step("only", script)],
+        job_token: JOB_TOKEN.into(),
+        ..AgentJob::default()
+    }
+}
+
+/// `ferry-agent run --once` in `dir`, which must end within `within`.
+async fn run_once(dir: &str, within: Duration) {
+    let cli =
+        Cli::try_parse_from(["ferry-agent", "run", "--once", "--dir", dir]).expect("arguments");
+    tokio::time::timeout(within, run(cli))
+        .await
+        .expect("the agent ends in time")
+        .expect("run");
 }
 
 #[tokio::test]

@@ -177,13 +177,7 @@ async fn run_with_refused_end(code: tonic::Code) -> (Fake, String) {
     assert_eq!(state.stream_ends, 0);
     assert_eq!(state.completions.len(), 1, "{code:?}");
     assert_eq!(state.completions[0].result, JobResult::Succeeded as i32);
-    assert!(
-        state
-            .authorizations
-            .iter()
-            .any(|(method, _)| *method == "CompleteJob"),
-        "completed with CompleteJob"
-    );
+    assert!(state.called("CompleteJob"), "completed with CompleteJob");
     let message = state.completions[0].message.clone();
     drop(state);
     (fake, message)
@@ -209,13 +203,7 @@ async fn a_lost_final_ack_is_learned_again_from_the_next_stream() {
     // CompleteJob call.
     assert_eq!((state.stream_ends, state.completions.len()), (1, 1));
     assert!(state.log_streams >= 2, "{} streams", state.log_streams);
-    assert!(
-        !state
-            .authorizations
-            .iter()
-            .any(|(method, _)| *method == "CompleteJob"),
-        "no CompleteJob call"
-    );
+    assert!(!state.called("CompleteJob"), "no CompleteJob call");
     assert_eq!(state.completions[0].message, "all 1 steps succeeded");
 }
 

@@ -106,6 +106,13 @@ pub struct State {
     pub summaries: HashMap<String, TestSummary>,
 }
 
+impl State {
+    /// Whether `method` was called.
+    pub fn called(&self, method: &str) -> bool {
+        self.authorizations.iter().any(|(name, _)| *name == method)
+    }
+}
+
 #[derive(Clone)]
 pub struct Fake {
     pub state: Arc<Mutex<State>>,

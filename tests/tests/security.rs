@@ -6,11 +6,12 @@ use ferry_auth::token::{Audience, Claims, TokenSigner, generate_signing_key, sco
 use ferry_client::Bearer;
 use ferry_e2e::Server;
 use ferry_envelope::{Opener, PublicKey, SecretKey};
+use ferry_proto::v1::log_service_client::LogServiceClient;
 use ferry_proto::v1::{
     AgentJob, CompleteJobRequest, CreateAdministratorRequest, GetJobRequest,
     GetListenerTokenRequest, JobEnd, JobResult, JobSpec, JobState, ListenerToken, LogLine,
     PollJobRequest, QueueJobRequest, RegisterRequest, ReportStepRequest, SealedEnvelope, StepSpec,
-    StepState, StepUpdate, StreamLogsRequest,
+    StepState, StepUpdate, StreamLogsRequest, StreamLogsResponse,
 };
 use prost::Message;
 use tonic::Code;
@@ -302,20 +303,14 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
         lines: vec![line(1), line(2)],
         end: None,
     };
-    let mut acks = logs
-        .stream_logs(futures::stream::iter(vec![batch]))
-        .await?
-        .into_inner();
+    let mut acks = stream_one(&mut logs, batch).await?;
     assert_eq!(acks.message().await?.map(|ack| ack.acked_sequence), Some(2));
     let gap = StreamLogsRequest {
         job_id: job_a.clone(),
         lines: vec![line(5)],
         end: None,
     };
-    let mut acks = logs
-        .stream_logs(futures::stream::iter(vec![gap]))
-        .await?
-        .into_inner();
+    let mut acks = stream_one(&mut logs, gap).await?;
     assert_eq!(
         acks.message().await.expect_err("a gap").code(),
         Code::FailedPrecondition
@@ -342,24 +337,14 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
         ),
         (reporting(0, StepState::Succeeded, None), "no exit code"),
     ] {
-        let mut acks = logs
-            .stream_logs(futures::stream::iter(vec![bad]))
-            .await?
-            .into_inner();
+        let mut acks = stream_one(&mut logs, bad).await?;
         assert_eq!(
             acks.message().await.expect_err(why).code(),
             Code::InvalidArgument,
             "{why}"
         );
     }
-    let mut acks = logs
-        .stream_logs(futures::stream::iter(vec![reporting(
-            0,
-            StepState::Succeeded,
-            Some(0),
-        )]))
-        .await?
-        .into_inner();
+    let mut acks = stream_one(&mut logs, reporting(0, StepState::Succeeded, Some(0))).await?;
     assert_eq!(acks.message().await?.map(|ack| ack.acked_sequence), Some(3));
     let stored = ferry_client::jobs(channel.clone(), server.owner())
         .get_job(GetJobRequest {
@@ -422,10 +407,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
             "a message over 4096 bytes",
         ),
     ] {
-        let mut acks = logs
-            .stream_logs(futures::stream::iter(vec![bad]))
-            .await?
-            .into_inner();
+        let mut acks = stream_one(&mut logs, bad).await?;
         assert_eq!(
             acks.message().await.expect_err(why).code(),
             expected,
@@ -457,35 +439,25 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
     )?)?;
     claims.scope = scope::JOB_LOGS.to_owned();
     let logs_only = TokenSigner::from_pkcs8(&server_key_pkcs8, "ferry")?.sign(&claims)?;
-    let mut acks = ferry_client::logs(channel.clone(), Bearer::new(&logs_only)?)
-        .stream_logs(futures::stream::iter(vec![ending(
-            vec![line(4)],
-            JobResult::Succeeded,
-        )]))
-        .await?
-        .into_inner();
+    let mut logs_only = ferry_client::logs(channel.clone(), Bearer::new(&logs_only)?);
+    let mut acks = stream_one(&mut logs_only, ending(vec![line(4)], JobResult::Succeeded)).await?;
     assert_eq!(
         acks.message().await.expect_err("no job:status").code(),
         Code::PermissionDenied
     );
     // The last line, then the end alone: the answer says the job
     // completed, and the server ends the stream.
-    let mut acks = logs
-        .stream_logs(futures::stream::iter(vec![StreamLogsRequest {
+    let mut acks = stream_one(
+        &mut logs,
+        StreamLogsRequest {
             job_id: job_a.clone(),
             lines: vec![line(4)],
             end: None,
-        }]))
-        .await?
-        .into_inner();
+        },
+    )
+    .await?;
     assert_eq!(acks.message().await?.map(|ack| ack.acked_sequence), Some(4));
-    let mut acks = logs
-        .stream_logs(futures::stream::iter(vec![ending(
-            Vec::new(),
-            JobResult::Succeeded,
-        )]))
-        .await?
-        .into_inner();
+    let mut acks = stream_one(&mut logs, ending(Vec::new(), JobResult::Succeeded)).await?;
     let last = acks.message().await?.context("the final ack")?;
     assert_eq!(
         (last.acked_sequence, last.final_state),
@@ -527,10 +499,7 @@ async fn tokens_and_envelopes_are_for_their_holder_only() -> anyhow::Result<()> 
     // A stream opened after the job ended stores nothing: it only says how
     // the job ended and how far its log goes (so an agent whose final ack
     // was lost learns that its end was stored).
-    let mut answers = logs
-        .stream_logs(futures::stream::iter(vec![late]))
-        .await?
-        .into_inner();
+    let mut answers = stream_one(&mut logs, late).await?;
     let answer = answers.message().await?.context("the answer")?;
     assert_eq!(
         (answer.acked_sequence, answer.final_state),
@@ -704,4 +673,15 @@ async fn health_and_reflection_answer_on_the_public_port() -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// A log stream that sends `request` alone, and its answers.
+async fn stream_one(
+    logs: &mut LogServiceClient<ferry_client::Authorized>,
+    request: StreamLogsRequest,
+) -> Result<tonic::Streaming<StreamLogsResponse>, tonic::Status> {
+    Ok(logs
+        .stream_logs(futures::stream::iter(vec![request]))
+        .await?
+        .into_inner())
 }

@@ -31,26 +31,15 @@ const FORGET_AFTER: Duration = Duration::from_secs(300);
 impl Dispatcher {
     /// Forgets an agent that was removed or disabled.
     pub(crate) fn forget_status(&self, agent_id: &str) {
-        self.inner
-            .agent_status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(agent_id);
+        self.inner.statuses().remove(agent_id);
     }
 
     /// Notes that the agent completed `job_id`: online, if it was seen
     /// busy with that job (a poll since may have said more).
     pub(crate) fn job_done(&self, agent_id: &str, job_id: &str) {
-        let busy_with_it = self
-            .inner
-            .agent_status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(agent_id)
-            .is_some_and(|seen| {
-                seen.status == ferry_store::AgentStatus::Busy
-                    && seen.job_id.as_deref() == Some(job_id)
-            });
+        let busy_with_it = self.inner.statuses().get(agent_id).is_some_and(|seen| {
+            seen.status == ferry_store::AgentStatus::Busy && seen.job_id.as_deref() == Some(job_id)
+        });
         if busy_with_it {
             self.set_agent_status(agent_id, ferry_store::AgentStatus::Online, None);
         }
@@ -65,11 +54,7 @@ impl Dispatcher {
         status: ferry_store::AgentStatus,
         job_id: Option<&str>,
     ) {
-        let mut seen = self
-            .inner
-            .agent_status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = self.inner.statuses();
         let seen_at = now_micros();
         match seen.get_mut(agent_id) {
             Some(entry) if entry.status == status && entry.job_id.as_deref() == job_id => {
@@ -106,10 +91,7 @@ impl Dispatcher {
                 every.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let due: Vec<ferry_store::AgentSeen> = {
-                    let mut seen = inner
-                        .agent_status
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut seen = inner.statuses();
                     let now = Instant::now();
                     let forget_before = now_micros() - FORGET_AFTER.as_micros() as i64;
                     // Forget agents gone quiet whose last sighting is stored.
@@ -139,10 +121,7 @@ impl Dispatcher {
                 };
                 if let Err(error) = inner.store.record_agent_statuses(&due).await {
                     tracing::warn!(agents = due.len(), error = %error, "could not record agent statuses");
-                    let mut seen = inner
-                        .agent_status
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut seen = inner.statuses();
                     for agent in &due {
                         if let Some(entry) = seen.get_mut(&agent.id) {
                             entry.written = None;
@@ -151,5 +130,15 @@ impl Dispatcher {
                 }
             }
         });
+    }
+}
+
+impl crate::Inner {
+    /// The agents' statuses as last seen (a poisoned lock still holds
+    /// them: each entry is written whole).
+    fn statuses(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SeenStatus>> {
+        self.agent_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

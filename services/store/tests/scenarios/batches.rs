@@ -662,27 +662,19 @@ pub async fn job_ends_on_log_batches(db: &TestDb) {
 
     // Only a final state ends a job; an end without lines needs one.
     let open = claimed_job(store, &pool.id, &["one"], "agent-a").await;
-    let open_id = open.id.as_str();
+    let no_lines = |end: Option<JobEnd>| NewLogBatch {
+        job_id: &open.id,
+        holder: first("agent-a"),
+        first: 1,
+        last: 0,
+        lines: Vec::new(),
+        steps: vec![],
+        end,
+    };
     let answers = store
         .append_log_batches(vec![
-            NewLogBatch {
-                job_id: open_id,
-                holder: first("agent-a"),
-                first: 1,
-                last: 0,
-                lines: Vec::new(),
-                steps: vec![],
-                end: Some(end(JobState::Running, "")),
-            },
-            NewLogBatch {
-                job_id: open_id,
-                holder: first("agent-a"),
-                first: 1,
-                last: 0,
-                lines: Vec::new(),
-                steps: vec![],
-                end: None,
-            },
+            no_lines(Some(end(JobState::Running, ""))),
+            no_lines(None),
         ])
         .await
         .expect("group");
@@ -693,6 +685,6 @@ pub async fn job_ends_on_log_batches(db: &TestDb) {
         ),
         "{answers:?}"
     );
-    let still = store.job(open_id).await.expect("read").expect("job");
+    let still = store.job(&open.id).await.expect("read").expect("job");
     assert_eq!(still.state, JobState::Assigned);
 }
