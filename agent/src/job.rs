@@ -92,11 +92,7 @@ impl JobReport {
         if self.lease_lost {
             return "lease lost";
         }
-        match self.result {
-            JobResult::Succeeded => "succeeded",
-            JobResult::Canceled => "canceled",
-            _ => "failed",
-        }
+        result_name(self.result)
     }
 }
 
@@ -199,7 +195,7 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
     );
     let mut log = JobLog::uploading(Masker::new(job.secrets.values()), sender);
 
-    let (result, mut message) = run_steps(&calls, &context.settings, &job, &mut log).await;
+    let (mut result, mut message) = run_steps(&calls, &context.settings, &job, &mut log).await;
     timer.abort();
 
     if let Some(Stop::LeaseLost(reason)) = stop.get() {
@@ -227,7 +223,7 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
     }
 
     log.finish(result, &fit_message(&message));
-    let mut completed = false;
+    let (mut completed, mut moved) = (false, false);
     match upload.await {
         Ok(summary) => {
             if summary.lost > 0 {
@@ -242,14 +238,25 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
             if let Some(state) = summary.completed {
                 completed = true;
                 if state != result_state(result) {
+                    // The server ended it first (its timeout, a lapsed
+                    // lease): report what the job is.
                     tracing::warn!(job_id = %job_id, server_state = state.as_str_name(), "the server had ended the job otherwise");
+                    result = state_result(state);
+                    message.push_str(&format!(
+                        "; the server ended the job as {}",
+                        result_name(result)
+                    ));
                 }
             }
+            moved = summary.moved;
         }
         Err(error) => tracing::error!(job_id = %job_id, %error, "the log uploader failed"),
     }
-    // The log stream completes the job; CompleteJob when it could not.
-    if !completed && !stop.lease_lost() {
+    // The log stream completes the job; CompleteJob when it could not (and
+    // the job is still this agent's).
+    if moved {
+        tracing::error!(job_id = %job_id, "the job moved to another agent or attempt: not completed");
+    } else if !completed && !stop.lease_lost() {
         completed = complete(&calls.jobs, &job_id, result, &message).await;
     }
     renewer.abort();
@@ -612,6 +619,24 @@ fn result_state(result: JobResult) -> JobState {
         JobResult::Succeeded => JobState::Succeeded,
         JobResult::Canceled => JobState::Canceled,
         JobResult::Failed | JobResult::Unspecified => JobState::Failed,
+    }
+}
+
+/// The result a final job state stands for.
+fn state_result(state: JobState) -> JobResult {
+    match state {
+        JobState::Succeeded => JobResult::Succeeded,
+        JobState::Canceled => JobResult::Canceled,
+        _ => JobResult::Failed,
+    }
+}
+
+/// A result in words, as the job's message says it.
+fn result_name(result: JobResult) -> &'static str {
+    match result {
+        JobResult::Succeeded => "succeeded",
+        JobResult::Canceled => "canceled",
+        JobResult::Failed | JobResult::Unspecified => "failed",
     }
 }
 

@@ -27,7 +27,7 @@ use tonic::Streaming;
 use tracing::Instrument as _;
 
 use crate::backoff::{Backoff, seconds};
-use crate::rpc::{describe, is_transient};
+use crate::rpc::describe;
 use crate::spool::Spool;
 use crate::stop::{Stop, StopSignal};
 
@@ -60,6 +60,9 @@ pub struct UploadSummary {
     /// end sent on the stream; `None` when it did not (or no end was
     /// given): complete it with `CompleteJob`.
     pub completed: Option<JobState>,
+    /// The server refused the log as for a job that moved to another agent
+    /// or attempt: the job is not this agent's to complete.
+    pub moved: bool,
 }
 
 /// How the uploader works.
@@ -130,7 +133,8 @@ pub fn start(
         end_receiver,
         end: None,
         end_sent: false,
-        gone: false,
+        moved: false,
+        stuck: false,
         completed: None,
         backlog: Backlog::new(options.memory_lines.max(1), spool),
         sent: 0,
@@ -302,10 +306,13 @@ struct Uploader {
     end: Option<JobEnd>,
     /// Whether the end went out on the current stream.
     end_sent: bool,
-    /// While closing, the server refused a new stream for good (the job
-    /// moved to another agent or attempt): the upload is over, what was
+    /// While closing, the server refused a new stream as for a job that
+    /// moved to another agent or attempt: the upload is over, what was
     /// not stored cannot be.
-    gone: bool,
+    moved: bool,
+    /// While closing, the server refused the lines after those lost to an
+    /// unreadable spool (a gap it cannot take): the upload is over.
+    stuck: bool,
     /// The job's final state, from the server: its answer to the end, or
     /// to a stream opened after the job ended.
     completed: Option<JobState>,
@@ -330,7 +337,7 @@ impl Uploader {
     async fn run(mut self) -> UploadSummary {
         let mut backoff = Backoff::default();
         loop {
-            if self.done() || self.gone || self.past_deadline() {
+            if self.done() || self.moved || self.stuck || self.past_deadline() {
                 break;
             }
             let acked_before = self.acked;
@@ -342,8 +349,8 @@ impl Uploader {
             if self.acked > acked_before || started.elapsed() >= HEALTHY_STREAM {
                 backoff.reset();
             }
-            if self.gone {
-                tracing::warn!(job_id = %self.job_id, error = %error, "the job's log cannot be finished: the job moved");
+            if self.moved || self.stuck {
+                tracing::warn!(job_id = %self.job_id, error = %error, "the job's log cannot be finished");
                 break;
             }
             if self.past_deadline() {
@@ -366,6 +373,7 @@ impl Uploader {
             acked: self.acked,
             lost,
             completed: self.completed,
+            moved: self.moved,
         }
     }
 
@@ -496,9 +504,15 @@ impl Uploader {
                 result = &mut call, if responses.is_none() => match result {
                     Ok(response) => responses = Some(response.into_inner()),
                     Err(status) => {
-                        // Refused for good while finishing: the job moved
-                        // (a job that ended would answer its state).
-                        self.gone = self.closing && !is_transient(&status);
+                        // Refused while finishing as only a job that moved
+                        // is (one that ended would answer its state).
+                        self.moved = self.closing
+                            && matches!(
+                                status.code(),
+                                tonic::Code::Unauthenticated
+                                    | tonic::Code::PermissionDenied
+                                    | tonic::Code::NotFound
+                            );
                         return Err(describe(&status));
                     }
                 },
@@ -509,6 +523,9 @@ impl Uploader {
                         if self.end_sent {
                             self.refused(&status);
                         }
+                        self.stuck = self.closing
+                            && self.backlog.unreadable > 0
+                            && status.code() == tonic::Code::FailedPrecondition;
                         return Err(describe(&status));
                     }
                 },

@@ -73,6 +73,7 @@ async fn every_line_is_stored_once_in_order_in_bounded_batches() {
             acked: 1234,
             lost: 0,
             completed: Some(JobState::Succeeded),
+            moved: false,
         }
     );
     let state = fake.state();
@@ -139,6 +140,7 @@ async fn an_unreachable_server_loses_the_lines_after_the_final_timeout() {
             acked: 0,
             lost: 10,
             completed: None,
+            moved: false,
         }
     );
     assert!(
@@ -272,6 +274,7 @@ async fn the_spool_takes_lines_while_the_server_refuses_streams_and_is_removed_a
             acked: count,
             lost: 0,
             completed: None,
+            moved: false,
         }
     );
     let state = fake.state();

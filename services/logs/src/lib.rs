@@ -63,6 +63,9 @@ pub struct Logs {
 #[derive(Debug, Default)]
 struct Cancels {
     jobs: std::sync::Mutex<HashMap<Arc<str>, Watched>>,
+    /// Asks for the watched jobs' cancels to be read from the store (one
+    /// request waits while a read runs: requests coalesce).
+    recheck: tokio::sync::Notify,
 }
 
 /// A job some streams watch: how many, and its flag.
@@ -124,19 +127,32 @@ impl Cancels {
 
     /// Raises the flags of canceled jobs until the events end. When events
     /// may have been lost (this task fell behind, or the mesh's listener
-    /// reconnected), every watched job's cancel is read from the store.
+    /// reconnected), every watched job's cancel is read from the store, by
+    /// a task of its own so that this one keeps reading events.
     async fn listen(
         self: Arc<Self>,
         store: Store,
         mut events: tokio::sync::broadcast::Receiver<Event>,
     ) {
+        let rechecks = tokio::spawn(self.clone().rechecks(store));
         loop {
             match events.recv().await {
                 Ok(Event::CancelRequested { job_id }) => self.raise(&job_id),
-                Ok(Event::Resync) | Err(RecvError::Lagged(_)) => self.recheck(&store).await,
+                Ok(Event::Resync) | Err(RecvError::Lagged(_)) => self.recheck.notify_one(),
                 Ok(_) => {}
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => {
+                    rechecks.abort();
+                    return;
+                }
             }
+        }
+    }
+
+    /// Reads the watched jobs' cancels each time a recheck is asked for.
+    async fn rechecks(self: Arc<Self>, store: Store) {
+        loop {
+            self.recheck.notified().await;
+            self.recheck_store(&store).await;
         }
     }
 
@@ -148,7 +164,7 @@ impl Cancels {
     }
 
     /// Raises the flag of every watched job the store says was canceled.
-    async fn recheck(&self, store: &Store) {
+    async fn recheck_store(&self, store: &Store) {
         let watched: Vec<Arc<str>> = self.lock().keys().cloned().collect();
         for job_id in watched {
             match store.log_holder(&job_id).await {
