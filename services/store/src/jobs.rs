@@ -257,8 +257,7 @@ impl Store {
         now: i64,
         lease_expires_at: i64,
     ) -> Result<bool> {
-        let txn = self.begin_write().await?;
-        let claimed = job::Entity::update_many()
+        let claim = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Assigned.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(Some(agent_id.to_owned())))
             .col_expr(job::Column::AssignedAt, Expr::value(Some(now)))
@@ -267,29 +266,23 @@ impl Store {
                 Expr::value(Some(lease_expires_at)),
             )
             .filter(job::Column::Id.eq(job_id))
-            .filter(job::Column::State.eq(JobState::Queued.as_str()))
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
-        Ok(claimed.rows_affected == 1)
+            .filter(job::Column::State.eq(JobState::Queued.as_str()));
+        Ok(self.update_alone(claim).await?.rows_affected == 1)
     }
 
     /// Puts a job whose hand-off failed back in the queue (same attempt, no
     /// lease), if it is still `Assigned` to `agent_id`; otherwise does
     /// nothing.
     pub async fn release_job(&self, job_id: &str, agent_id: &str) -> Result<()> {
-        let txn = self.begin_write().await?;
-        let released = job::Entity::update_many()
+        let release = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(None::<String>))
             .col_expr(job::Column::AssignedAt, Expr::value(None::<i64>))
             .col_expr(job::Column::LeaseExpiresAt, Expr::value(None::<i64>))
             .filter(job::Column::Id.eq(job_id))
             .filter(job::Column::State.eq(JobState::Assigned.as_str()))
-            .filter(job::Column::AgentId.eq(agent_id))
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
+            .filter(job::Column::AgentId.eq(agent_id));
+        let released = self.update_alone(release).await?;
         if released.rows_affected == 0 {
             tracing::debug!(job_id, "release ignored: job is not assigned to the agent");
         }

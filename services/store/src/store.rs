@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait,
+    Statement, UpdateMany, UpdateResult,
 };
 use sea_orm_migration::MigratorTrait;
 use serde::Serialize;
@@ -154,6 +155,23 @@ impl Store {
     /// `crate::writer`); on PostgreSQL it is a transaction of its own.
     pub(crate) async fn begin_write(&self) -> Result<Write> {
         Ok(Write::begin(&self.inner.db, self.inner.writer.as_ref()).await?)
+    }
+
+    /// One `UPDATE` as a write of its own (a single statement is atomic by
+    /// itself): on PostgreSQL in autocommit, one round trip instead of
+    /// `BEGIN`, the update and `COMMIT`; on SQLite in the group-commit
+    /// batch, answered once the batch committed, as every write.
+    pub(crate) async fn update_alone<E: EntityTrait>(
+        &self,
+        update: UpdateMany<E>,
+    ) -> Result<UpdateResult> {
+        if self.inner.writer.is_none() {
+            return Ok(update.exec(self.db()).await?);
+        }
+        let txn = self.begin_write().await?;
+        let updated = update.exec(&txn).await?;
+        txn.commit().await?;
+        Ok(updated)
     }
 }
 
