@@ -237,7 +237,7 @@ async fn run_job(context: &JobContext, job: AgentJob, stop: StopSignal) -> JobRe
             }
             if let Some(state) = summary.completed {
                 completed = true;
-                if state != result_state(result) {
+                if state_result(state) != result {
                     // The server ended it first (its timeout, a lapsed
                     // lease): report what the job is.
                     tracing::warn!(job_id = %job_id, server_state = state.as_str_name(), "the server had ended the job otherwise");
@@ -611,15 +611,6 @@ async fn skip(log: &mut JobLog, step_index: u32, name: &str) {
         None,
     )
     .await;
-}
-
-/// The job state a result gives.
-fn result_state(result: JobResult) -> JobState {
-    match result {
-        JobResult::Succeeded => JobState::Succeeded,
-        JobResult::Canceled => JobState::Canceled,
-        JobResult::Failed | JobResult::Unspecified => JobState::Failed,
-    }
 }
 
 /// The result a final job state stands for.

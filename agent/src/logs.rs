@@ -337,7 +337,7 @@ impl Uploader {
     async fn run(mut self) -> UploadSummary {
         let mut backoff = Backoff::default();
         loop {
-            if self.done() || self.moved || self.stuck || self.past_deadline() {
+            if self.done() || self.gave_up() || self.past_deadline() {
                 break;
             }
             let acked_before = self.acked;
@@ -349,7 +349,7 @@ impl Uploader {
             if self.acked > acked_before || started.elapsed() >= HEALTHY_STREAM {
                 backoff.reset();
             }
-            if self.moved || self.stuck {
+            if self.gave_up() {
                 tracing::warn!(job_id = %self.job_id, error = %error, "the job's log cannot be finished");
                 break;
             }
@@ -383,6 +383,12 @@ impl Uploader {
     fn done(&self) -> bool {
         self.closing
             && (self.completed.is_some() || (!self.end_pending() && self.backlog.is_empty()))
+    }
+
+    /// Whether the upload stopped short: the job moved, or the server
+    /// cannot take the lines left.
+    fn gave_up(&self) -> bool {
+        self.moved || self.stuck
     }
 
     /// Whether an end is to go out: one was given, and no line was lost to

@@ -95,12 +95,14 @@ impl Dispatcher {
             .await
             .map_err(lost_lease)?;
         tracing::info!(job_id = %request.job_id, agent_id = %caller.agent_id, %state, "job completed");
-        ferry_observability::metrics::job_finished(telemetry::result_name(state));
+        ferry_observability::metrics::job_finished(state.as_str());
+        // Every dispatch replica hears it, this one too, and shows the agent
+        // idle if it saw it busy with this job (`Dispatcher::job_done`), as
+        // for a job completed on its log stream.
         self.inner.events.publish(Event::JobFinished {
             job_id: request.job_id.as_str().into(),
             agent_id: Some(caller.agent_id.as_str().into()),
         });
-        self.set_agent_status(&caller.agent_id, ferry_store::AgentStatus::Online, None);
         Ok(CompleteJobResponse {
             state: convert::job_state(state).into(),
         })

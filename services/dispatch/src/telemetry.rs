@@ -67,15 +67,6 @@ pub(crate) fn queued(pool: &str) {
         .add(1, &[KeyValue::new(attributes::POOL, pool.to_owned())]);
 }
 
-/// A job's result as a metric attribute.
-pub(crate) fn result_name(state: ferry_store::JobState) -> &'static str {
-    match state {
-        ferry_store::JobState::Succeeded => "succeeded",
-        ferry_store::JobState::Canceled => "canceled",
-        _ => "failed",
-    }
-}
-
 /// Counts a lapsed lease and what became of its job.
 pub(crate) fn lease_expired(outcome: &ferry_store::ReapOutcome) {
     let outcome = match outcome {

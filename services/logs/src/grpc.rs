@@ -226,9 +226,9 @@ async fn stream_logs(
         let mut in_flight = FuturesOrdered::new();
         let mut in_flight_bytes = 0usize;
         // The agent sent the job's end: nothing is read after it.
-        let mut ended = false;
+        let mut end_received = false;
         loop {
-            if ended && in_flight.is_empty() {
+            if end_received && in_flight.is_empty() {
                 break;
             }
             if cancel_requested && !cancel_sent {
@@ -253,7 +253,7 @@ async fn stream_logs(
                         }
                         continue;
                     }
-                    next = inbound.next(), if !ended && in_flight.len() < MAX_IN_FLIGHT
+                    next = inbound.next(), if !end_received && in_flight.len() < MAX_IN_FLIGHT
                         && in_flight_bytes < MAX_IN_FLIGHT_BYTES => match next {
                         Some(Ok(message)) => message,
                         None => {
@@ -287,7 +287,7 @@ async fn stream_logs(
             match ingest.append(message).await {
                 Ok(stored) => {
                     let (bytes, ends) = (stored.bytes(), stored.ends());
-                    ended = ends.is_some();
+                    end_received = ends.is_some();
                     in_flight_bytes += bytes;
                     in_flight.push_back(async move { (stored.await, bytes, ends) });
                 }
