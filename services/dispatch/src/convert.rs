@@ -41,12 +41,17 @@ pub async fn job(
             .unwrap_or_default(),
         None => String::new(),
     };
-    let message = if job.state == ferry_store::JobState::Queued && waiting == Waiting::Explain {
-        waiting_reason(store, &job, pool).await?
-    } else {
-        job.message
-    };
-    Ok(Job {
+    let mut job = job;
+    if job.state == ferry_store::JobState::Queued && waiting == Waiting::Explain {
+        job.message = waiting_reason(store, &job, pool).await?;
+    }
+    Ok(wire(job, pool, agent_name))
+}
+
+/// The wire form of a job whose agent's name is known, with its stored
+/// message.
+pub fn wire(job: ferry_store::Job, pool: &str, agent_name: String) -> Job {
+    Job {
         id: job.id,
         name: job.name,
         project: job.project,
@@ -69,7 +74,7 @@ pub async fn job(
                 finish_time: step.finished_at.map(timestamp_from_micros),
             })
             .collect(),
-        message,
+        message: job.message,
         queue_time: Some(timestamp_from_micros(job.queued_at)),
         assign_time: job.assigned_at.map(timestamp_from_micros),
         start_time: job.started_at.map(timestamp_from_micros),
@@ -86,7 +91,7 @@ pub async fn job(
             .as_deref()
             .and_then(ferry_observability::propagation::trace_id)
             .unwrap_or_default(),
-    })
+    }
 }
 
 /// Why a queued job waits: no agent of the pool can ever run it, or all

@@ -352,7 +352,12 @@ impl Dispatcher {
         telemetry::queued(&pool.name);
         // The answer to QueueJob keeps to the stored message: explaining why
         // a job waits lists the pool's agents, too costly for every queue.
-        convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await
+        // A job handed out at once went to an agent that just polled, whose
+        // name dispatch holds.
+        match job.agent_id.as_deref().map(|id| self.inner.agents.name(id)) {
+            Some(Some(agent_name)) => Ok(convert::wire(job, &pool.name, agent_name)),
+            _ => convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await,
+        }
     }
 
     /// Stores a new job and hands it out. When a poller that can run it is

@@ -29,6 +29,7 @@ const CONCURRENT_READS: usize = 8;
 /// The agent as dispatch needs it.
 pub(crate) struct PollingAgent {
     pub(crate) id: String,
+    pub(crate) name: String,
     pub(crate) pool_id: String,
     pub(crate) public_key: PublicKey,
     pub(crate) capabilities: Arc<BTreeMap<String, String>>,
@@ -85,10 +86,16 @@ impl PollingAgents {
             capabilities: Arc::new(agent.capabilities),
             pool_id: agent.pool_id,
             id: agent.id,
+            name: agent.name,
         });
         self.cached
             .insert(ticket, caller.agent_id.clone(), agent.clone());
         Ok(agent)
+    }
+
+    /// The name of an agent that polled lately, without a store read.
+    pub(crate) fn name(&self, agent_id: &str) -> Option<String> {
+        self.cached.get(agent_id).map(|agent| agent.name.clone())
     }
 
     /// Drops an agent that was removed or disabled.
