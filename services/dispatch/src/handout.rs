@@ -85,6 +85,7 @@ impl Dispatcher {
             &job_context(job_id, &agent.id),
             &payload.encode_to_vec(),
         )?;
+        self.store().handed_out_to(&job, &agent.id);
         tracing::info!(job_id, agent_id = %agent.id, "job dispatched");
         telemetry::dispatched(&job);
         self.set_agent_status(&agent.id, ferry_store::AgentStatus::Busy, Some(job_id));

@@ -315,7 +315,7 @@ impl Logs {
             .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
         let job = self
             .store
-            .log_holder(job_id)
+            .log_stream_holder(job_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
         if job.agent_id.as_deref() != Some(caller.agent_id.as_str())

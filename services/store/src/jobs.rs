@@ -274,6 +274,7 @@ impl Store {
     /// lease), if it is still `Assigned` to `agent_id`; otherwise does
     /// nothing.
     pub async fn release_job(&self, job_id: &str, agent_id: &str) -> Result<()> {
+        self.forget_hand_out(job_id);
         let release = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(None::<String>))

@@ -22,6 +22,7 @@ mod crypto;
 mod entity;
 mod error;
 mod gauges;
+mod handouts;
 mod hold;
 mod job_progress;
 mod jobs;

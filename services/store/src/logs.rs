@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::hold::{held_by, holding, not_held};
 use crate::job_progress::{close_steps_at, end_job, start_job, write_steps};
 use crate::store::{Store, parse_state, to_i64, to_u32, to_u64};
-use crate::types::{Holder, JobEnd, LogBatch, LogHolder, NewLogBatch};
+use crate::types::{Holder, Job, JobEnd, JobState, LogBatch, LogHolder, NewLogBatch};
 use crate::writer::Write;
 
 const DEFAULT_BATCHES: u64 = 100;
@@ -130,6 +130,40 @@ impl Store {
             },
         )
         .transpose()
+    }
+
+    /// Remembers that `job` was just handed to `agent_id`, so that the
+    /// job's first log stream opens without a read (see
+    /// [`Store::log_stream_holder`]). Does nothing on PostgreSQL.
+    pub fn handed_out_to(&self, job: &Job, agent_id: &str) {
+        let Some(handed_out) = self.handed_out() else {
+            return;
+        };
+        let Ok(steps) = u32::try_from(job.steps.len()) else {
+            return;
+        };
+        handed_out.insert(
+            &job.id,
+            LogHolder {
+                state: JobState::Assigned,
+                agent_id: Some(agent_id.to_owned()),
+                attempt: job.attempt,
+                log_sequence: job.log_sequence,
+                cancel_requested: job.cancel_requested_at.is_some(),
+                steps,
+            },
+        );
+    }
+
+    /// What a log stream checks when it opens: as [`Store::log_holder`],
+    /// but the first stream after a hand-out on SQLite takes what dispatch
+    /// left ([`Store::handed_out_to`]) instead of reading. Anything that
+    /// changed it since dropped it; the stream's writes are guarded anyway.
+    pub async fn log_stream_holder(&self, job_id: &str) -> Result<Option<LogHolder>> {
+        if let Some(holder) = self.handed_out().and_then(|handed| handed.take(job_id)) {
+            return Ok(Some(holder));
+        }
+        self.log_holder(job_id).await
     }
 
     /// The batches holding lines `from` and later (those whose last line is

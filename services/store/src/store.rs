@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::crypto::SpecCipher;
 use crate::error::{Error, Result};
+use crate::handouts::HandedOut;
 use crate::migration::Migrator;
 use crate::writer::{Write, Writer};
 
@@ -25,6 +26,8 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// few connections so reads do not queue behind writes.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
 const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+const POSTGRES_PING_AFTER_IDLE: Duration = Duration::from_secs(30);
 
 // Lookups by a unique key use `.all(db).await?.pop()`, not `.one(db)`:
 // sea-orm's `.one()` binds `LIMIT ?`, and SQLite (which may plan by a bound
@@ -45,6 +48,8 @@ struct Inner {
     /// busy handler while the database sits idle) and share group-commit
     /// batches. `None` on PostgreSQL, which locks rows.
     writer: Option<Writer>,
+    /// Jobs just handed out, for their first log stream (SQLite only).
+    handed_out: Option<HandedOut>,
 }
 
 /// How often the background task checkpoints SQLite's write-ahead log.
@@ -70,9 +75,12 @@ impl Store {
         let mut options = ConnectOptions::new(url);
         options.sqlx_logging(false);
         let backend = if url.starts_with("sqlite:") {
+            // A connection to a local file does not drop: pinging it on
+            // every checkout would cost a round trip to its thread per read.
             options
                 .max_connections(SQLITE_MAX_CONNECTIONS)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .map_sqlx_sqlite_opts(|o| {
                     o.create_if_missing(true)
                         .journal_mode(SqliteJournalMode::Wal)
@@ -85,7 +93,12 @@ impl Store {
                 });
             DbBackend::Sqlite
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            options.max_connections(POSTGRES_MAX_CONNECTIONS);
+            // Ping only a connection idle long enough for the server, a
+            // proxy or a firewall to have dropped it; a busy one answers its
+            // queries without a round trip more per checkout.
+            options
+                .max_connections(POSTGRES_MAX_CONNECTIONS)
+                .test_before_acquire_if_idle_for(POSTGRES_PING_AFTER_IDLE);
             DbBackend::Postgres
         } else {
             // never echo the url: it may hold a password
@@ -105,6 +118,7 @@ impl Store {
                 backend,
                 cipher: SpecCipher::new(data_key),
                 writer: (backend == DbBackend::Sqlite).then(Writer::start),
+                handed_out: (backend == DbBackend::Sqlite).then(HandedOut::default),
             }),
         };
         if backend == DbBackend::Sqlite {
@@ -153,6 +167,18 @@ impl Store {
     /// transaction, and `commit` makes them durable. On SQLite it waits for
     /// the one write lock and joins the open group-commit batch (see
     /// `crate::writer`); on PostgreSQL it is a transaction of its own.
+    pub(crate) fn handed_out(&self) -> Option<&HandedOut> {
+        self.inner.handed_out.as_ref()
+    }
+
+    /// Drops what was remembered of a job's hand-out: call before a write
+    /// that may change what a log stream checks when it opens.
+    pub(crate) fn forget_hand_out(&self, job_id: &str) {
+        if let Some(handed_out) = self.handed_out() {
+            handed_out.forget(job_id);
+        }
+    }
+
     pub(crate) async fn begin_write(&self) -> Result<Write> {
         Ok(Write::begin(&self.inner.db, self.inner.writer.as_ref()).await?)
     }
