@@ -10,7 +10,9 @@
 //! attempt even when it is handed the job again.
 
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, UpdateMany,
+};
 
 use crate::entity::{job, job_step};
 use crate::error::{Error, Result};
@@ -120,6 +122,18 @@ pub(crate) async fn close_steps(
     running_become: StepState,
     now: i64,
 ) -> Result<()> {
+    close_steps_update(job_id, running_become, now)
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// The statement of [`close_steps`].
+pub(crate) fn close_steps_update(
+    job_id: &str,
+    running_become: StepState,
+    now: i64,
+) -> UpdateMany<job_step::Entity> {
     // One statement for both: pending → skipped, running → running_become
     // (finished now).
     let running = Expr::col(job_step::Column::State).eq(StepState::Running.as_str());
@@ -143,7 +157,4 @@ pub(crate) async fn close_steps(
             job_step::Column::State
                 .is_in([StepState::Pending.as_str(), StepState::Running.as_str()]),
         )
-        .exec(txn)
-        .await?;
-    Ok(())
 }

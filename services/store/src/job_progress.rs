@@ -10,8 +10,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, UpdateMany
 
 use crate::entity::{job, job_step};
 use crate::error::{Error, Result};
-use crate::hold::{close_steps, held_by, hold_job, not_held};
+use crate::hold::{close_steps_update, held_by, hold_job, not_held};
 use crate::store::Store;
+use crate::together::Together;
 use crate::types::{Holder, JobEnd, JobState, StepReport, StepState};
 
 impl Store {
@@ -101,12 +102,19 @@ pub(crate) async fn close_steps_at(
     job_id: &str,
     end: &JobEnd,
 ) -> Result<()> {
-    let running_become = match end.state {
+    close_steps_update(job_id, steps_become(end), end.at)
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// What a job's end makes of its steps still running.
+pub(crate) fn steps_become(end: &JobEnd) -> StepState {
+    match end.state {
         JobState::Succeeded => StepState::Succeeded,
         JobState::Canceled => StepState::Canceled,
         _ => StepState::Failed,
-    };
-    close_steps(txn, job_id, running_become, end.at).await
+    }
 }
 
 /// Adds to an `UPDATE jobs` the job's end: its final state, `finished_at`
@@ -201,13 +209,34 @@ struct StepChange {
     finished: Option<(i64, Option<i32>)>,
 }
 
-/// Records `reports`, in order, on the job's steps: one statement per step
-/// they name (a step that started and ended in the same run of reports is
-/// written once). `Running` sets `started_at` (the first report wins),
-/// final states `finished_at` and `exit_code`. `NotFound` when a step does
-/// not exist. The caller holds the job's row.
+/// Records `reports`, in order, on the job's steps (see [`step_updates`]).
+/// `NotFound` when a step does not exist. The caller holds the job's row.
 pub(crate) async fn write_steps(
     txn: &impl ConnectionTrait,
+    job_id: &str,
+    reports: &[StepReport],
+) -> Result<()> {
+    let mut together = Together::new(txn.get_database_backend());
+    step_updates(&mut together, job_id, reports)?;
+    steps_found(&together.run(txn).await?)
+}
+
+/// `NotFound` unless each step update (counted, in a [`Together`]) found
+/// its step.
+pub(crate) fn steps_found(counts: &[u64]) -> Result<()> {
+    if counts.iter().all(|&count| count == 1) {
+        Ok(())
+    } else {
+        Err(Error::NotFound("job step".to_owned()))
+    }
+}
+
+/// Adds to `together` what `reports` say, in order, of the job's steps: one
+/// counted statement per step they name (a step that started and ended in
+/// the same run of reports is written once). `Running` sets `started_at`
+/// (the first report wins), final states `finished_at` and `exit_code`.
+pub(crate) fn step_updates(
+    together: &mut Together,
     job_id: &str,
     reports: &[StepReport],
 ) -> Result<()> {
@@ -253,14 +282,11 @@ pub(crate) async fn write_steps(
                 .col_expr(job_step::Column::FinishedAt, Expr::value(Some(at)))
                 .col_expr(job_step::Column::ExitCode, Expr::value(exit_code));
         }
-        let updated = update
-            .filter(job_step::Column::JobId.eq(job_id))
-            .filter(job_step::Column::Idx.eq(idx))
-            .exec(txn)
-            .await?;
-        if updated.rows_affected == 0 {
-            return Err(Error::NotFound("job step".to_owned()));
-        }
+        together.push_counted(
+            &update
+                .filter(job_step::Column::JobId.eq(job_id))
+                .filter(job_step::Column::Idx.eq(idx)),
+        );
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::entity::job::{self, JobRow};
 use crate::entity::job_step;
 use crate::error::{Error, Result, insert_error};
 use crate::store::{Store, from_json, parse_state, to_json, to_u32, to_u64};
+use crate::together::Together;
 use crate::types::{DEFAULT_MAX_ATTEMPTS, Job, JobFilter, JobState, JobStep, NewJob, StepState};
 
 const DEFAULT_PAGE: u64 = 100;
@@ -156,17 +157,17 @@ impl Store {
             test_summary: Set(None),
             trace_context: Set(job.trace_context.clone()),
         };
+        // The job and its steps in one trip (the steps cannot fail on their
+        // own: their job is the row just inserted).
+        let mut rows = Together::new(self.backend());
+        rows.push(&job::Entity::insert(row));
+        if !step_models.is_empty() {
+            rows.push(&job_step::Entity::insert_many(step_models));
+        }
         let txn = self.begin_write().await?;
-        job::Entity::insert(row)
-            .exec_without_returning(&txn)
+        rows.run(&txn)
             .await
             .map_err(|e| insert_error(e, "job", "pool"))?;
-        if !step_models.is_empty() {
-            job_step::Entity::insert_many(step_models)
-                .exec_without_returning(&txn)
-                .await
-                .map_err(|e| insert_error(e, "job step", "job"))?;
-        }
         txn.commit().await?;
         Ok(job)
     }

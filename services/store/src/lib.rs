@@ -35,6 +35,7 @@ mod reapers;
 mod resources;
 mod store;
 pub mod testing;
+mod together;
 mod types;
 mod writer;
 

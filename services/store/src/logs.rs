@@ -10,7 +10,9 @@ use sea_orm::{
 use crate::entity::{job, job_step, log_batch};
 use crate::error::{Error, Result};
 use crate::hold::{held_by, holding, not_held};
-use crate::job_progress::{close_steps_at, end_job, start_job, write_steps};
+use crate::hold::close_steps_update;
+use crate::job_progress::{close_steps_at, end_job, start_job, step_updates, steps_become, steps_found};
+use crate::together::Together;
 use crate::store::{Store, parse_state, to_i64, to_u32, to_u64};
 use crate::types::{Holder, Job, JobEnd, JobState, LogBatch, LogHolder, NewLogBatch};
 use crate::writer::Write;
@@ -251,21 +253,23 @@ async fn append_in(txn: &Write, batch: NewLogBatch<'_>) -> Result<Result<u64>> {
         .exec(txn)
         .await?;
     if advanced.rows_affected == 1 {
+        // The rest follows in one trip: the lines, the steps' reports, and
+        // the steps the end closes.
+        let mut then = Together::new(txn.get_database_backend());
         if !empty {
-            log_batch::Entity::insert(log_batch::ActiveModel {
+            then.push(&log_batch::Entity::insert(log_batch::ActiveModel {
                 id: NotSet,
                 job_id: Set(job_id.to_owned()),
                 first_sequence: Set(first_i),
                 last_sequence: Set(last_i),
                 lines: Set(lines),
-            })
-            .exec_without_returning(txn)
-            .await?;
+            }));
         }
-        write_steps(txn, job_id, &steps).await?;
+        step_updates(&mut then, job_id, &steps)?;
         if let Some(end) = &end {
-            close_steps_at(txn, job_id, end).await?;
+            then.push(&close_steps_update(job_id, steps_become(end), end.at));
         }
+        steps_found(&then.run(txn).await?)?;
         return Ok(Ok(last));
     }
     let refused = match holding(txn, job_id).await? {

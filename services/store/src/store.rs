@@ -159,6 +159,10 @@ impl Store {
         &self.inner.db
     }
 
+    pub(crate) fn backend(&self) -> DbBackend {
+        self.inner.backend
+    }
+
     pub(crate) fn cipher(&self) -> &SpecCipher {
         &self.inner.cipher
     }

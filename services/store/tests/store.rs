@@ -37,6 +37,7 @@ on_both_backends!(
     concurrent_claims,
     spec_encrypted_at_rest,
     logs,
+    hand_out_holders,
     concurrent_duplicate_log_appends,
     list_jobs_pagination,
     reconnect_keeps_data,

@@ -214,3 +214,93 @@ pub async fn concurrent_duplicate_log_appends(db: &TestDb) {
     );
     assert_eq!(store.log_sequence(&job.id).await.expect("seq"), 5);
 }
+
+/// A job's first log stream after its hand-out opens with what dispatch
+/// knew then (SQLite; PostgreSQL reads), once; a write that changes what the
+/// stream checks drops it first.
+pub async fn hand_out_holders(db: &TestDb) {
+    let store = &db.store;
+    let remembers = store.backend_name() == "sqlite";
+    let pool = store.create_pool("handed").await.expect("pool");
+    let pool_id = pool.id.as_str();
+    let handed_out = |name: &'static str| async move {
+        let job = store
+            .insert_job(new_job(pool_id, name, &["s"]))
+            .await
+            .expect("job");
+        assert!(
+            store
+                .claim_job(&job.id, "agent-1", 100, 1_000)
+                .await
+                .expect("claim")
+        );
+        store.job(&job.id).await.expect("job").expect("exists")
+    };
+
+    // Taken once, as remembered (here altered, to tell it from a read).
+    let job = handed_out("taken").await;
+    let read = store.log_holder(&job.id).await.expect("read");
+    let mut altered = job.clone();
+    altered.log_sequence = 7;
+    store.handed_out_to(&altered, "agent-1");
+    let opened = store.log_stream_holder(&job.id).await.expect("open");
+    if remembers {
+        assert_eq!(opened.as_ref().map(|h| h.log_sequence), Some(7));
+    } else {
+        assert_eq!(opened, read);
+    }
+    assert_eq!(
+        store.log_stream_holder(&job.id).await.expect("open again"),
+        read,
+        "a second stream reads"
+    );
+
+    // As remembered, unaltered, it is what a read gives.
+    let job = handed_out("same").await;
+    store.handed_out_to(&job, "agent-1");
+    assert_eq!(
+        store.log_stream_holder(&job.id).await.expect("open"),
+        store.log_holder(&job.id).await.expect("read")
+    );
+
+    // A cancel request.
+    let job = handed_out("canceled").await;
+    store.handed_out_to(&job, "agent-1");
+    store
+        .request_cancel(&job.id, "stop", 200)
+        .await
+        .expect("cancel");
+    let opened = store.log_stream_holder(&job.id).await.expect("open");
+    assert_eq!(opened.map(|h| h.cancel_requested), Some(true));
+
+    // A completion.
+    let job = handed_out("completed").await;
+    store.handed_out_to(&job, "agent-1");
+    store
+        .complete_job(&job.id, first("agent-1"), JobState::Succeeded, "", 300)
+        .await
+        .expect("complete");
+    let opened = store.log_stream_holder(&job.id).await.expect("open");
+    assert_eq!(opened.map(|h| h.state), Some(JobState::Succeeded));
+
+    // A release.
+    let job = handed_out("released").await;
+    store.handed_out_to(&job, "agent-1");
+    store.release_job(&job.id, "agent-1").await.expect("release");
+    let opened = store.log_stream_holder(&job.id).await.expect("open");
+    assert_eq!(
+        opened.map(|h| (h.state, h.agent_id)),
+        Some((JobState::Queued, None))
+    );
+
+    // A reaper's requeue (the lease lapsed).
+    let job = handed_out("requeued").await;
+    store.handed_out_to(&job, "agent-1");
+    let reaped = store.reap_lapsed_leases(1_001).await.expect("reap");
+    assert!(reaped.iter().any(|r| r.job_id == job.id), "{reaped:?}");
+    let opened = store.log_stream_holder(&job.id).await.expect("open");
+    assert_eq!(
+        opened.map(|h| (h.state, h.attempt)),
+        Some((JobState::Queued, 2))
+    );
+}

@@ -22,7 +22,7 @@ pub use directory::{administrators, agent_disabling, agents, pools, reconnect_ke
 pub use jobs::{concurrent_claims, job_lifecycle};
 pub use leases::{lapsed_assigned_job_requeues, lease_renewal};
 pub use listing::list_jobs_pagination;
-pub use logs::{concurrent_duplicate_log_appends, logs};
+pub use logs::{concurrent_duplicate_log_appends, hand_out_holders, logs};
 pub use reaping::{
     concurrent_reapers, lapsed_cancel_requested_job_cancels, lapsed_running_job_fails,
     max_attempts_exhausted,
