@@ -9,11 +9,13 @@ use sea_orm::{
 
 use crate::entity::{job, job_step, log_batch};
 use crate::error::{Error, Result};
-use crate::hold::{held_by, holding, not_held};
 use crate::hold::close_steps_update;
-use crate::job_progress::{close_steps_at, end_job, start_job, step_updates, steps_become, steps_found};
-use crate::together::Together;
+use crate::hold::{held_by, holding, not_held};
+use crate::job_progress::{
+    close_steps_at, end_job, start_job, step_updates, steps_become, steps_found,
+};
 use crate::store::{Store, parse_state, to_i64, to_u32, to_u64};
+use crate::together::Together;
 use crate::types::{Holder, Job, JobEnd, JobState, LogBatch, LogHolder, NewLogBatch};
 use crate::writer::Write;
 

@@ -286,7 +286,10 @@ pub async fn hand_out_holders(db: &TestDb) {
     // A release.
     let job = handed_out("released").await;
     store.handed_out_to(&job, "agent-1");
-    store.release_job(&job.id, "agent-1").await.expect("release");
+    store
+        .release_job(&job.id, "agent-1")
+        .await
+        .expect("release");
     let opened = store.log_stream_holder(&job.id).await.expect("open");
     assert_eq!(
         opened.map(|h| (h.state, h.agent_id)),
