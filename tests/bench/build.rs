@@ -1,4 +1,4 @@
-//! Records the compiler's version for the report.
+//! Records the compiler's version and the build profile for the report.
 
 fn main() {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
@@ -12,4 +12,15 @@ fn main() {
         .unwrap_or_else(|| "rustc (unknown version)".to_owned());
     println!("cargo:rustc-env=FERRY_BENCH_RUSTC={version}");
     println!("cargo:rerun-if-env-changed=RUSTC");
+    // OUT_DIR is `<target>/<profile>/build/<package>-<hash>/out`; PROFILE
+    // says only "debug" or "release", not which profile (`dist`).
+    let profile = std::env::var("OUT_DIR")
+        .ok()
+        .and_then(|out| {
+            let out = std::path::PathBuf::from(out);
+            let name = out.ancestors().nth(3)?.file_name()?.to_str()?.to_owned();
+            Some(name)
+        })
+        .unwrap_or_else(|| std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_owned()));
+    println!("cargo:rustc-env=FERRY_BENCH_PROFILE={profile}");
 }

@@ -187,11 +187,7 @@ pub fn environment(command: &str, ferryd_version: Option<String>, database: &str
          - versions: ferry-bench {} ({} build, {}), {}; database {database}\n\
          - command: `{command}`",
         env!("CARGO_PKG_VERSION"),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        env!("FERRY_BENCH_PROFILE"),
         env!("FERRY_BENCH_RUSTC"),
         ferryd_version.unwrap_or_else(|| "ferryd (external server)".to_owned()),
     )
