@@ -902,3 +902,52 @@ async fn an_idle_agent_stops_at_once_and_once_with_max_jobs_is_refused() {
     let error = task.await.expect("task").expect_err("refused");
     assert!(error.to_string().contains("--once"), "{error}");
 }
+
+#[tokio::test]
+async fn a_job_the_server_had_ended_otherwise_is_reported_as_the_server_ended_it() {
+    let (fake, _temp, dir) = configured_agent().await;
+    // The job ran to success here, but the server had timed it out.
+    fake.state().end_state = Some(ferry_proto::v1::JobState::Failed);
+    let configuration = crate::settings::AgentDir::new(&dir)
+        .load()
+        .expect("configuration");
+    let server_key = configuration
+        .settings
+        .server_public_key()
+        .expect("server key");
+    let context = crate::job::JobContext {
+        channel: ferry_client::ServerAddress::new(
+            configuration.settings.url.clone(),
+            configuration.ca_pem.clone(),
+        )
+        .connect_lazy()
+        .expect("channel"),
+        opener: ferry_envelope::Opener::new(configuration.secret_key, &server_key).expect("opener"),
+        settings: configuration.settings,
+        spool_dir: None,
+        log_memory_lines: crate::logs::MAX_UNACKED,
+        final_ack_timeout: crate::logs::FINAL_ACK_TIMEOUT,
+    };
+    let agent_job = job(JOB_A, JOB_TOKEN, vec![step("one", "echo one")]);
+    fake.state()
+        .valid_job_tokens
+        .insert(agent_job.job_token.clone());
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        crate::job::run(&context, agent_job, crate::stop::StopSignal::new()),
+    )
+    .await
+    .expect("the job ends");
+    assert_eq!(report.result, JobResult::Failed, "{report:?}");
+    assert_eq!(
+        report.message,
+        "all 1 steps succeeded; the server ended the job as failed"
+    );
+    assert!(report.completed && !report.lease_lost, "{report:?}");
+    let state = fake.state();
+    assert_eq!(state.stream_ends, 1);
+    assert!(
+        !state.called("CompleteJob"),
+        "the end was taken on the stream"
+    );
+}

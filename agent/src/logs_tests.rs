@@ -283,3 +283,85 @@ async fn the_spool_takes_lines_while_the_server_refuses_streams_and_is_removed_a
     assert_eq!(state.gaps, 0);
     assert!(!path.exists(), "the spool file is removed after the acks");
 }
+
+#[tokio::test]
+async fn lines_lost_to_an_unreadable_spool_stop_the_upload_at_once_without_an_end() {
+    let (fake, url) = testserver::start().await;
+    {
+        let mut state = fake.state();
+        state.refuse_streams = true;
+        state.refuse_gaps = true;
+    }
+    let temp = tempfile::tempdir().expect("tempdir");
+    let memory = 100;
+    let (sender, task) = start(
+        client(&url),
+        "job-1".into(),
+        options(FINAL_ACK_TIMEOUT, Some(temp.path()), memory),
+        StopSignal::new(),
+    );
+    for sequence in 1..=300 {
+        sender.lines.send(line(sequence)).await.expect("send");
+    }
+    let path = spool_path(temp.path(), "job-1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read(&path)
+        .unwrap_or_default()
+        .windows(8)
+        .any(|window| window == b"line 300")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "line 300 never reached the spool"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Lines 101..=300 are only in the spool: lose them.
+    std::fs::File::create(&path).expect("truncate the spool");
+    fake.state().refuse_streams = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fake.lines_of("job-1").len() < memory {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lines in memory were never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A line after the lost ones leaves a gap the server refuses.
+    sender.lines.send(line(301)).await.expect("send");
+    sender
+        .end
+        .send(JobEnd {
+            result: JobResult::Succeeded.into(),
+            message: "all 1 steps succeeded".to_owned(),
+        })
+        .expect("end");
+    drop(sender.lines);
+    let started = std::time::Instant::now();
+    let summary = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("uploader finishes")
+        .expect("task");
+    assert!(
+        started.elapsed() < FINAL_ACK_TIMEOUT / 2,
+        "the upload waited {:?} for lines that cannot be stored",
+        started.elapsed()
+    );
+    assert_eq!(
+        summary,
+        UploadSummary {
+            lines: 301,
+            acked: memory as u64,
+            lost: 201,
+            completed: None,
+            moved: false,
+        }
+    );
+    let state = fake.state();
+    assert!(state.gaps >= 1, "line 301 was sent after the gap");
+    assert!(
+        state.completions.is_empty() && state.ended_jobs.is_empty(),
+        "no end goes out after lost lines: the job's message must say they were lost"
+    );
+    assert_eq!(state.lines.len(), memory);
+}

@@ -89,6 +89,12 @@ pub struct State {
     pub quiet_logs: bool,
     /// Refuse every new log stream (UNAVAILABLE).
     pub refuse_streams: bool,
+    /// The final state an end on the log stream is answered with (the
+    /// server's, when it had ended the job first); `None`: succeeded.
+    pub end_state: Option<JobState>,
+    /// Refuse a batch that leaves a gap with FAILED_PRECONDITION, as the
+    /// server does (otherwise it is counted in `gaps` and not stored).
+    pub refuse_gaps: bool,
     pub refused_streams: u32,
     /// End every open log stream with UNAVAILABLE at the next poke.
     pub drop_streams: bool,
@@ -591,6 +597,17 @@ impl LogService for Fake {
                         .await;
                     return;
                 }
+                let gap = batch
+                    .lines
+                    .first()
+                    .is_some_and(|line| line.sequence > fake.stored(&job_id) + 1);
+                if gap && fake.state().refuse_gaps {
+                    fake.state().gaps += 1;
+                    let _ = sender
+                        .send(Err(Status::failed_precondition("injected: a gap")))
+                        .await;
+                    return;
+                }
                 let refuse_end = fake.state().refuse_ends.filter(|_| batch.end.is_some());
                 if let Some(code) = refuse_end {
                     if code == tonic::Code::FailedPrecondition {
@@ -604,7 +621,7 @@ impl LogService for Fake {
                 let acked_sequence = fake.store(&job_id, batch.lines);
                 let final_state = match &batch.end {
                     Some(end) => {
-                        let drop_ack = {
+                        let (drop_ack, end_state) = {
                             let mut state = fake.state();
                             state.stream_ends += 1;
                             state.completions.push(CompleteJobRequest {
@@ -613,7 +630,10 @@ impl LogService for Fake {
                                 message: end.message.clone(),
                             });
                             state.ended_jobs.insert(job_id.clone());
-                            std::mem::take(&mut state.drop_final_ack)
+                            (
+                                std::mem::take(&mut state.drop_final_ack),
+                                state.end_state.unwrap_or(JobState::Succeeded),
+                            )
                         };
                         if drop_ack {
                             let _ = sender
@@ -621,7 +641,7 @@ impl LogService for Fake {
                                 .await;
                             return;
                         }
-                        JobState::Succeeded
+                        end_state
                     }
                     None => JobState::Unspecified,
                 };
