@@ -262,6 +262,11 @@ pub async fn start_role(
         Role::All => bootstrap(&store).await?,
         Role::One(_) => None,
     };
+    if role == Role::All {
+        // dispatch and logs share this process: a job's first log stream
+        // opens with what dispatch knew when it handed the job out
+        store.remember_hand_outs();
+    }
     // With PostgreSQL, events cross processes, so replicas stay in step.
     let events = if store.is_postgres() {
         Events::shared(&store).await?

@@ -2,15 +2,21 @@
 //! stream opens without a store read.
 //!
 //! Opening a stream checks who holds the job and how far its log goes; right
-//! after a hand-out, dispatch knows both. It leaves them here, and the first
-//! stream for the job takes them (once). Every store write that can change
-//! what a stream checks at open (a cancel request, a release, a completion,
-//! a reaper's end or requeue) drops the job's entry before it writes, so a
-//! stream that opens after it reads the store as before. What the entry
-//! could still get wrong is settled where it always was: the stream's
-//! writes are guarded by the holder and the log sequence.
+//! after a hand-out, dispatch knows both. The store reserves a slot for the
+//! job before the write that assigns it, dispatch fills the slot once it
+//! has sealed the job, and the first stream for the job takes it (once).
+//! Every store write that can change what a stream checks at open (a cancel
+//! request, a release, a completion, a reaper's end or requeue) drops the
+//! job's slot *after* it committed, and whoever made the change publishes
+//! its event after that. So a slot filled after such a change is never
+//! there to take (the change dropped the reservation), and a stream that
+//! took a slot before the change was dropped had set its cancel watch
+//! before the change's event went out. What a slot could still get wrong is
+//! settled where it always was: the stream's writes are guarded by holder
+//! and log sequence.
 //!
-//! SQLite only, where this process is the store's only writer. On
+//! Only where dispatch and logs share the process and the store is SQLite,
+//! of which this process is then the only writer (`ferryd all`); on
 //! PostgreSQL another replica may change the job, and streams read.
 
 use std::collections::HashMap;
@@ -19,42 +25,54 @@ use std::time::{Duration, Instant};
 
 use crate::types::LogHolder;
 
-/// An entry older than this is not used: the agent did not open its stream.
+/// A slot older than this is not used: the agent did not open its stream.
 const KEEP_FOR: Duration = Duration::from_secs(60);
-/// Entries kept at most; when full, stale ones go, and then new ones are
-/// not kept (their streams read).
+/// Slots kept at most; when full, the map starts over (the streams of the
+/// jobs dropped read instead).
 const CAPACITY: usize = 20_000;
+
+enum Slot {
+    /// The job is being assigned; dispatch has not filled it yet.
+    Reserved,
+    Filled(LogHolder),
+}
 
 #[derive(Default)]
 pub(crate) struct HandedOut {
-    entries: Mutex<HashMap<String, (LogHolder, Instant)>>,
+    slots: Mutex<HashMap<String, (Slot, Instant)>>,
 }
 
 impl HandedOut {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (LogHolder, Instant)>> {
-        self.entries
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Slot, Instant)>> {
+        self.slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn insert(&self, job_id: &str, holder: LogHolder) {
-        let mut entries = self.lock();
-        if entries.len() >= CAPACITY {
-            entries.retain(|_, (_, at)| at.elapsed() < KEEP_FOR);
-            if entries.len() >= CAPACITY {
-                return;
-            }
+    /// Before the write that assigns `job_id`.
+    pub(crate) fn reserve(&self, job_id: &str) {
+        let mut slots = self.lock();
+        if slots.len() >= CAPACITY {
+            slots.clear();
         }
-        entries.insert(job_id.to_owned(), (holder, Instant::now()));
+        slots.insert(job_id.to_owned(), (Slot::Reserved, Instant::now()));
     }
 
-    /// The entry of `job_id`, removed; `None` when there is none or it is
-    /// stale.
+    /// Fills the slot reserved for `job_id`, if it is still there.
+    pub(crate) fn fill(&self, job_id: &str, holder: LogHolder) {
+        if let Some((slot @ Slot::Reserved, at)) = self.lock().get_mut(job_id) {
+            *slot = Slot::Filled(holder);
+            *at = Instant::now();
+        }
+    }
+
+    /// The filled slot of `job_id`, removed; `None` when there is none or
+    /// it is stale.
     pub(crate) fn take(&self, job_id: &str) -> Option<LogHolder> {
-        self.lock()
-            .remove(job_id)
-            .filter(|(_, at)| at.elapsed() < KEEP_FOR)
-            .map(|(holder, _)| holder)
+        match self.lock().remove(job_id) {
+            Some((Slot::Filled(holder), at)) if at.elapsed() < KEEP_FOR => Some(holder),
+            _ => None,
+        }
     }
 
     pub(crate) fn forget(&self, job_id: &str) {
@@ -79,29 +97,41 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_taken_once() {
+    fn a_filled_slot_is_taken_once() {
         let handed = HandedOut::default();
-        handed.insert("job", holder(2));
+        handed.reserve("job");
+        assert_eq!(handed.take("job"), None, "reserved, not filled");
+        handed.reserve("job");
+        handed.fill("job", holder(2));
         assert_eq!(handed.take("job"), Some(holder(2)));
         assert_eq!(handed.take("job"), None);
     }
 
     #[test]
-    fn a_forgotten_entry_is_not_taken() {
+    fn only_a_reserved_slot_is_filled() {
         let handed = HandedOut::default();
-        handed.insert("job", holder(1));
+        handed.fill("job", holder(1));
+        assert_eq!(handed.take("job"), None, "never reserved");
+        handed.reserve("job");
         handed.forget("job");
-        assert_eq!(handed.take("job"), None);
+        handed.fill("job", holder(1));
+        assert_eq!(handed.take("job"), None, "forgotten before the fill");
+        handed.reserve("job");
+        handed.fill("job", holder(1));
+        handed.forget("job");
+        assert_eq!(handed.take("job"), None, "forgotten after the fill");
     }
 
     #[test]
-    fn a_full_map_keeps_what_it_has() {
+    fn a_full_map_starts_over() {
         let handed = HandedOut::default();
         for i in 0..CAPACITY {
-            handed.insert(&i.to_string(), holder(1));
+            handed.reserve(&i.to_string());
         }
-        handed.insert("late", holder(1));
-        assert_eq!(handed.take("late"), None);
-        assert_eq!(handed.take("0"), Some(holder(1)));
+        handed.reserve("late");
+        handed.fill("late", holder(1));
+        handed.fill("0", holder(1));
+        assert_eq!(handed.take("late"), Some(holder(1)));
+        assert_eq!(handed.take("0"), None, "dropped when the map was full");
     }
 }

@@ -82,7 +82,6 @@ impl Store {
             at: now,
         };
         let finish = end_job(job::Entity::update_many(), &end, &[])?;
-        self.forget_hand_out(job_id);
         let txn = self.begin_write().await?;
         let finished = finish.filter(held_by(job_id, holder)).exec(&txn).await?;
         if finished.rows_affected == 0 {
@@ -90,6 +89,7 @@ impl Store {
         }
         close_steps_at(&txn, job_id, &end).await?;
         txn.commit().await?;
+        self.forget_hand_out(job_id);
         Ok(())
     }
 }

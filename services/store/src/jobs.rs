@@ -164,6 +164,9 @@ impl Store {
         if !step_models.is_empty() {
             rows.push(&job_step::Entity::insert_many(step_models));
         }
+        if assigned.is_some() {
+            self.reserve_hand_out(&job.id);
+        }
         let txn = self.begin_write().await?;
         rows.run(&txn)
             .await
@@ -268,14 +271,18 @@ impl Store {
             )
             .filter(job::Column::Id.eq(job_id))
             .filter(job::Column::State.eq(JobState::Queued.as_str()));
-        Ok(self.update_alone(claim).await?.rows_affected == 1)
+        self.reserve_hand_out(job_id);
+        let claimed = self.update_alone(claim).await?.rows_affected == 1;
+        if !claimed {
+            self.forget_hand_out(job_id);
+        }
+        Ok(claimed)
     }
 
     /// Puts a job whose hand-off failed back in the queue (same attempt, no
     /// lease), if it is still `Assigned` to `agent_id`; otherwise does
     /// nothing.
     pub async fn release_job(&self, job_id: &str, agent_id: &str) -> Result<()> {
-        self.forget_hand_out(job_id);
         let release = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
             .col_expr(job::Column::AgentId, Expr::value(None::<String>))
@@ -285,6 +292,7 @@ impl Store {
             .filter(job::Column::State.eq(JobState::Assigned.as_str()))
             .filter(job::Column::AgentId.eq(agent_id));
         let released = self.update_alone(release).await?;
+        self.forget_hand_out(job_id);
         if released.rows_affected == 0 {
             tracing::debug!(job_id, "release ignored: job is not assigned to the agent");
         }

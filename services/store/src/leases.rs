@@ -82,7 +82,6 @@ impl Store {
         now: i64,
     ) -> Result<CancelOutcome> {
         let message = if reason.is_empty() { CANCELED } else { reason };
-        self.forget_hand_out(job_id);
         let txn = self.begin_write().await?;
         // lock the row so its state cannot change under the decision below
         let locked = job::Entity::update_many()
@@ -131,6 +130,7 @@ impl Store {
             }
         };
         txn.commit().await?;
+        self.forget_hand_out(job_id);
         Ok(outcome)
     }
 }

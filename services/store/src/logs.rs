@@ -138,7 +138,9 @@ impl Store {
 
     /// Remembers that `job` was just handed to `agent_id`, so that the
     /// job's first log stream opens without a read (see
-    /// [`Store::log_stream_holder`]). Does nothing on PostgreSQL.
+    /// [`Store::log_stream_holder`]): fills the slot its claim reserved,
+    /// unless a change to the job since dropped it. Does nothing unless
+    /// [`Store::remember_hand_outs`].
     pub fn handed_out_to(&self, job: &Job, agent_id: &str) {
         let Some(handed_out) = self.handed_out() else {
             return;
@@ -146,7 +148,7 @@ impl Store {
         let Ok(steps) = u32::try_from(job.steps.len()) else {
             return;
         };
-        handed_out.insert(
+        handed_out.fill(
             &job.id,
             LogHolder {
                 state: JobState::Assigned,
@@ -160,9 +162,10 @@ impl Store {
     }
 
     /// What a log stream checks when it opens: as [`Store::log_holder`],
-    /// but the first stream after a hand-out on SQLite takes what dispatch
-    /// left ([`Store::handed_out_to`]) instead of reading. Anything that
-    /// changed it since dropped it; the stream's writes are guarded anyway.
+    /// but the first stream after a hand-out takes what dispatch left
+    /// ([`Store::handed_out_to`]) instead of reading. A change to the job
+    /// since drops that; the stream's writes are guarded anyway. Set the
+    /// stream's cancel watch first.
     pub async fn log_stream_holder(&self, job_id: &str) -> Result<Option<LogHolder>> {
         if let Some(holder) = self.handed_out().and_then(|handed| handed.take(job_id)) {
             return Ok(Some(holder));

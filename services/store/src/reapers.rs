@@ -158,7 +158,6 @@ impl Store {
             at: now,
         };
         let end_update = end_job(job::Entity::update_many(), &end, &[])?;
-        self.forget_hand_out(job_id);
         let txn = self.begin_write().await?;
         let ended = end_update.filter(guard).exec(&txn).await?;
         if ended.rows_affected == 0 {
@@ -167,6 +166,7 @@ impl Store {
         }
         close_steps_at(&txn, job_id, &end).await?;
         txn.commit().await?;
+        self.forget_hand_out(job_id);
         Ok(true)
     }
 
@@ -184,7 +184,6 @@ impl Store {
         );
         let next_i = i32::try_from(next)
             .map_err(|_| Error::Corrupt("stored attempt is too large".to_owned()))?;
-        self.forget_hand_out(job_id);
         let txn = self.begin_write().await?;
         let requeued = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
@@ -220,6 +219,7 @@ impl Store {
             .exec(&txn)
             .await?;
         txn.commit().await?;
+        self.forget_hand_out(job_id);
         Ok(true)
     }
 }

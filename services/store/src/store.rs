@@ -2,7 +2,7 @@
 //! query modules.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -48,8 +48,9 @@ struct Inner {
     /// busy handler while the database sits idle) and share group-commit
     /// batches. `None` on PostgreSQL, which locks rows.
     writer: Option<Writer>,
-    /// Jobs just handed out, for their first log stream (SQLite only).
-    handed_out: Option<HandedOut>,
+    /// Jobs just handed out, for their first log stream (see
+    /// [`Store::remember_hand_outs`]).
+    handed_out: OnceLock<HandedOut>,
 }
 
 /// How often the background task checkpoints SQLite's write-ahead log.
@@ -118,7 +119,7 @@ impl Store {
                 backend,
                 cipher: SpecCipher::new(data_key),
                 writer: (backend == DbBackend::Sqlite).then(Writer::start),
-                handed_out: (backend == DbBackend::Sqlite).then(HandedOut::default),
+                handed_out: OnceLock::new(),
             }),
         };
         if backend == DbBackend::Sqlite {
@@ -167,22 +168,41 @@ impl Store {
         &self.inner.cipher
     }
 
-    /// Begins a write: statements run on the returned [`Write`] as on a
-    /// transaction, and `commit` makes them durable. On SQLite it waits for
-    /// the one write lock and joins the open group-commit batch (see
-    /// `crate::writer`); on PostgreSQL it is a transaction of its own.
-    pub(crate) fn handed_out(&self) -> Option<&HandedOut> {
-        self.inner.handed_out.as_ref()
+    /// From now on, remember each job's hand-out for its first log stream
+    /// ([`Store::handed_out_to`], [`Store::log_stream_holder`]). Only for a
+    /// process that runs dispatch and logs on SQLite (`ferryd all`): it is
+    /// then the database's only writer. Does nothing on PostgreSQL.
+    pub fn remember_hand_outs(&self) {
+        if self.inner.backend == DbBackend::Sqlite {
+            let _ = self.inner.handed_out.set(HandedOut::default());
+        }
     }
 
-    /// Drops what was remembered of a job's hand-out: call before a write
-    /// that may change what a log stream checks when it opens.
+    pub(crate) fn handed_out(&self) -> Option<&HandedOut> {
+        self.inner.handed_out.get()
+    }
+
+    /// Reserves the hand-out slot of a job: call before the write that
+    /// assigns it.
+    pub(crate) fn reserve_hand_out(&self, job_id: &str) {
+        if let Some(handed_out) = self.handed_out() {
+            handed_out.reserve(job_id);
+        }
+    }
+
+    /// Drops what was remembered of a job's hand-out: call once a write
+    /// that may change what a log stream checks when it opens committed,
+    /// before its event is published.
     pub(crate) fn forget_hand_out(&self, job_id: &str) {
         if let Some(handed_out) = self.handed_out() {
             handed_out.forget(job_id);
         }
     }
 
+    /// Begins a write: statements run on the returned [`Write`] as on a
+    /// transaction, and `commit` makes them durable. On SQLite it waits for
+    /// the one write lock and joins the open group-commit batch (see
+    /// `crate::writer`); on PostgreSQL it is a transaction of its own.
     pub(crate) async fn begin_write(&self) -> Result<Write> {
         Ok(Write::begin(&self.inner.db, self.inner.writer.as_ref()).await?)
     }

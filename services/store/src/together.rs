@@ -10,6 +10,13 @@
 //!
 //! PostgreSQL cannot take several statements with parameters in one query:
 //! there they run one after the other, as before.
+//!
+//! Each combination is a statement of its own in sqlx's cache of prepared
+//! statements (100 per connection, least recently used out first). A log
+//! batch's combination depends on whether it has lines, on the steps it
+//! reports and on whether it ends the job: a handful of shapes for common
+//! jobs; a batch that reports many steps at once makes one more, and at
+//! worst pushes out a statement that is prepared again when next used.
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryTrait, Statement, Value};
 
@@ -69,6 +76,9 @@ async fn run_at_once(
     db: &impl ConnectionTrait,
     statements: Vec<(Statement, Counted)>,
 ) -> Result<Vec<u64>, DbErr> {
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
     let counted = statements
         .iter()
         .filter(|(_, counted)| *counted == Counted::Yes)

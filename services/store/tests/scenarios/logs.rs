@@ -217,9 +217,10 @@ pub async fn concurrent_duplicate_log_appends(db: &TestDb) {
 
 /// A job's first log stream after its hand-out opens with what dispatch
 /// knew then (SQLite; PostgreSQL reads), once; a write that changes what the
-/// stream checks drops it first.
+/// stream checks drops it, even when dispatch fills it in after that write.
 pub async fn hand_out_holders(db: &TestDb) {
     let store = &db.store;
+    store.remember_hand_outs();
     let remembers = store.backend_name() == "sqlite";
     let pool = store.create_pool("handed").await.expect("pool");
     let pool_id = pool.id.as_str();
@@ -273,6 +274,17 @@ pub async fn hand_out_holders(db: &TestDb) {
     let opened = store.log_stream_holder(&job.id).await.expect("open");
     assert_eq!(opened.map(|h| h.cancel_requested), Some(true));
 
+    // A cancel after the claim, before dispatch fills in what it sealed
+    // (which still says no cancel).
+    let job = handed_out("canceled first").await;
+    store
+        .request_cancel(&job.id, "stop", 200)
+        .await
+        .expect("cancel");
+    store.handed_out_to(&job, "agent-1");
+    let opened = store.log_stream_holder(&job.id).await.expect("open");
+    assert_eq!(opened.map(|h| h.cancel_requested), Some(true));
+
     // A completion.
     let job = handed_out("completed").await;
     store.handed_out_to(&job, "agent-1");
@@ -295,6 +307,15 @@ pub async fn hand_out_holders(db: &TestDb) {
         opened.map(|h| (h.state, h.agent_id)),
         Some((JobState::Queued, None))
     );
+
+    // A reaper's end (the job timed out; every job above that is still
+    // held ends too).
+    let job = handed_out("timed out").await;
+    store.handed_out_to(&job, "agent-1");
+    let reaped = store.reap_timed_out(4_000_000_000, 0).await.expect("reap");
+    assert!(reaped.iter().any(|r| r.job_id == job.id), "{reaped:?}");
+    let opened = store.log_stream_holder(&job.id).await.expect("open");
+    assert_eq!(opened.map(|h| h.state), Some(JobState::Failed));
 
     // A reaper's requeue (the lease lapsed).
     let job = handed_out("requeued").await;
