@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Alias, CommonTableExpression, Expr, PostgresQueryBuilder, WithClause};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait as _, Statement,
 };
 
 use crate::entity::job::{self, JobRow};
@@ -159,13 +159,40 @@ impl Store {
         };
         // The job and its steps in one trip (the steps cannot fail on their
         // own: their job is the row just inserted).
-        let mut rows = Together::new(self.backend());
-        rows.push(&job::Entity::insert(row));
-        if !step_models.is_empty() {
-            rows.push(&job_step::Entity::insert_many(step_models));
-        }
+        let job_insert = job::Entity::insert(row);
+        let steps_insert =
+            (!step_models.is_empty()).then(|| job_step::Entity::insert_many(step_models));
         if assigned.is_some() {
             self.reserve_hand_out(&job.id);
+        }
+        if self.backend() == DbBackend::Postgres {
+            // One statement, in autocommit: the steps' insert with the
+            // job's as its CTE (their foreign key is checked at its end).
+            let statement = match steps_insert {
+                Some(steps) => {
+                    let new_job = CommonTableExpression::new()
+                        .query(job_insert.into_query())
+                        .table_name(Alias::new("new_job"))
+                        .to_owned();
+                    let (sql, values) = WithClause::new()
+                        .cte(new_job)
+                        .to_owned()
+                        .query(steps.into_query())
+                        .build(PostgresQueryBuilder);
+                    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+                }
+                None => job_insert.build(DbBackend::Postgres),
+            };
+            self.db()
+                .execute_raw(statement)
+                .await
+                .map_err(|e| insert_error(e, "job", "pool"))?;
+            return Ok(job);
+        }
+        let mut rows = Together::new(self.backend());
+        rows.push(&job_insert);
+        if let Some(steps) = &steps_insert {
+            rows.push(steps);
         }
         let txn = self.begin_write().await?;
         rows.run(&txn)
