@@ -231,6 +231,11 @@ async fn serve_one(service: server::ServiceName, args: ServeArgs) -> anyhow::Res
         .listen
         .context("ferryd serve needs --listen ADDR: this replica's mesh port")?;
     let config = args.config()?;
+    if !config.database_url()?.starts_with("postgres") {
+        anyhow::bail!(
+            "ferryd serve runs one service of a mesh, whose replicas share PostgreSQL: set database-url to a postgres:// URL (on SQLite, run every service in one process with `ferryd all`)"
+        );
+    }
     let mut running = server::start_role(&config, server::Role::One(service), listen).await?;
     say!(
         "ferryd serve {} listening on https://{} (mesh TLS)",

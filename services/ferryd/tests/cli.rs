@@ -45,6 +45,18 @@ fn serve_without_listen_and_the_mesh_on_sqlite_are_refused_clearly() {
     ]);
     assert_eq!(serve.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&serve.stderr).contains("needs --listen"));
+    let on_sqlite = ferryd(&[
+        "serve",
+        "dispatch",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ]);
+    assert_eq!(on_sqlite.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&on_sqlite.stderr);
+    assert!(stderr.contains("share PostgreSQL"), "{stderr}");
+    assert!(!data.join("ferry.db").exists(), "nothing was created");
 
     let config = dir.path().join("mesh.toml");
     std::fs::write(
