@@ -14,13 +14,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=RUSTC");
     // OUT_DIR is `<target>/<profile>/build/<package>-<hash>/out`; PROFILE
     // says only "debug" or "release", not which profile (`dist`).
-    let profile = std::env::var("OUT_DIR")
-        .ok()
-        .and_then(|out| {
-            let out = std::path::PathBuf::from(out);
-            let name = out.ancestors().nth(3)?.file_name()?.to_str()?.to_owned();
-            Some(name)
-        })
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default());
+    let profile = out
+        .ancestors()
+        .nth(3)
+        .and_then(|dir| dir.file_name()?.to_str().map(str::to_owned))
         .unwrap_or_else(|| std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_owned()));
     println!("cargo:rustc-env=FERRY_BENCH_PROFILE={profile}");
 }

@@ -354,9 +354,13 @@ impl Dispatcher {
         // a job waits lists the pool's agents, too costly for every queue.
         // A job handed out at once went to an agent that just polled, whose
         // name dispatch holds.
-        match job.agent_id.as_deref().map(|id| self.inner.agents.name(id)) {
-            Some(Some(agent_name)) => Ok(convert::wire(job, &pool.name, agent_name)),
-            _ => convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await,
+        match job
+            .agent_id
+            .as_deref()
+            .and_then(|id| self.inner.agents.name(id))
+        {
+            Some(agent_name) => Ok(convert::wire(job, &pool.name, agent_name)),
+            None => convert::job(self.store(), job, &pool.name, convert::Waiting::Stored).await,
         }
     }
 

@@ -10,7 +10,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, UpdateMany
 
 use crate::entity::{job, job_step};
 use crate::error::{Error, Result};
-use crate::hold::{close_steps_update, held_by, hold_job, not_held};
+use crate::hold::{close_steps, held_by, hold_job, not_held};
 use crate::store::Store;
 use crate::together::Together;
 use crate::types::{Holder, JobEnd, JobState, StepReport, StepState};
@@ -102,10 +102,7 @@ pub(crate) async fn close_steps_at(
     job_id: &str,
     end: &JobEnd,
 ) -> Result<()> {
-    close_steps_update(job_id, steps_become(end), end.at)
-        .exec(txn)
-        .await?;
-    Ok(())
+    close_steps(txn, job_id, steps_become(end), end.at).await
 }
 
 /// What a job's end makes of its steps still running.

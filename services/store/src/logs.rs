@@ -9,8 +9,7 @@ use sea_orm::{
 
 use crate::entity::{job, job_step, log_batch};
 use crate::error::{Error, Result};
-use crate::hold::close_steps_update;
-use crate::hold::{held_by, holding, not_held};
+use crate::hold::{close_steps_update, held_by, holding, not_held};
 use crate::job_progress::{
     close_steps_at, end_job, start_job, step_updates, steps_become, steps_found,
 };

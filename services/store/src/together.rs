@@ -83,12 +83,6 @@ async fn run_at_once(
         .iter()
         .filter(|(_, counted)| *counted == Counted::Yes)
         .count();
-    if statements.len() == 1 && counted == 0 {
-        if let Some((statement, _)) = statements.into_iter().next() {
-            db.execute_raw(statement).await?;
-        }
-        return Ok(Vec::new());
-    }
     let mut sql = String::new();
     let mut values: Vec<Value> = Vec::new();
     for (statement, count) in statements {
