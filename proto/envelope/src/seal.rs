@@ -73,9 +73,12 @@ impl RecipientSealer {
     /// Seals `plaintext` for `context` with a fresh random ephemeral key and
     /// a fresh random nonce.
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Envelope> {
-        let ephemeral = SecretKey::generate()?;
+        // both from one call to the operating system
+        let mut random = Zeroizing::new([0u8; KEY_LEN + NONCE_LEN]);
+        fill_random(random.as_mut())?;
+        let ephemeral = SecretKey::from_slice(&random[..KEY_LEN])?;
         let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce)?;
+        nonce.copy_from_slice(&random[KEY_LEN..]);
         self.seal_with(&ephemeral, nonce, context, plaintext)
     }
 
