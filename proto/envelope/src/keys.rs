@@ -59,7 +59,7 @@ impl SecretKey {
     /// X25519(self, peer), or [`Error::NonContributory`] when the result is
     /// all zero (the peer key is a low-order point).
     pub(crate) fn diffie_hellman(&self, peer: &PublicKey) -> Result<Zeroizing<[u8; KEY_LEN]>> {
-        let shared = Zeroizing::new(x25519(&self.0, &peer.0));
+        let shared = x25519(&self.0, &peer.0);
         // a comparison that takes the same time whatever the bytes
         if shared.iter().fold(0u8, |any, byte| any | byte) == 0 {
             return Err(Error::NonContributory);
@@ -75,19 +75,24 @@ impl SecretKey {
 /// the multiplication there runs on curve25519-dalek's vectorised (AVX2)
 /// backend when the CPU has one: 41 µs on the machine in BENCHMARKS.md
 /// against 62 µs for the Montgomery ladder, which only has a serial
-/// backend. Both are constant-time in the scalar. A `u` that is not on the
-/// curve (it is on the twist) or is -1 (the one curve point without an
-/// Edwards form) takes the ladder, as X25519 requires any 32 bytes to be
-/// a valid input. The two give the same bytes: the birational map between
-/// the forms keeps the group law, and the u-coordinate is the same for
-/// either sign of the Edwards point (`tests/vectors.rs` checks RFC 7748's
-/// vectors and random keys against the ladder).
-fn x25519(scalar: &[u8; KEY_LEN], u: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+/// backend. Both are constant-time in the scalar; which one runs depends
+/// only on the public `u`. A `u` on the twist (which X25519 accepts: any
+/// 32 bytes are a valid input) has no Edwards form and takes the ladder.
+/// The two give the same bytes: the birational map between the forms
+/// keeps the group law, the u-coordinate is the same for either sign of
+/// the Edwards point, and the clamped scalar is not reduced, so a point's
+/// small-order part is multiplied as the ladder does (the unit tests below
+/// check RFC 7748's vectors and random keys against the ladder). The
+/// product and its bytes are zeroed when dropped.
+fn x25519(scalar: &[u8; KEY_LEN], u: &[u8; KEY_LEN]) -> Zeroizing<[u8; KEY_LEN]> {
     let point = MontgomeryPoint(*u);
-    match point.to_edwards(0) {
-        Some(edwards) => edwards.mul_clamped(*scalar).to_montgomery().to_bytes(),
-        None => point.mul_clamped(*scalar).to_bytes(),
-    }
+    let product = match point.to_edwards(0) {
+        Some(edwards) => {
+            Zeroizing::new(Zeroizing::new(edwards.mul_clamped(*scalar)).to_montgomery())
+        }
+        None => Zeroizing::new(point.mul_clamped(*scalar)),
+    };
+    Zeroizing::new(product.to_bytes())
 }
 
 impl fmt::Debug for SecretKey {
@@ -207,8 +212,8 @@ mod tests {
 
     #[test]
     fn rfc_7748_vectors() {
-        // RFC 7748 section 5.2; the second u has its top bit set, which
-        // X25519 ignores
+        // RFC 7748 section 5.2: the first u is on the curve (the Edwards
+        // form), the second on the twist (the ladder)
         let cases = [
             (
                 "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
@@ -221,8 +226,9 @@ mod tests {
                 "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
             ),
         ];
+        assert!(on_curve(&bytes(cases[0].1)) && !on_curve(&bytes(cases[1].1)));
         for (scalar, u, expected) in cases {
-            assert_eq!(x25519(&bytes(scalar), &bytes(u)), bytes(expected));
+            assert_eq!(*x25519(&bytes(scalar), &bytes(u)), bytes(expected));
         }
     }
 
@@ -233,7 +239,7 @@ mod tests {
         k[0] = 9;
         u[0] = 9;
         for round in 1..=1000 {
-            let next = x25519(&k, &u);
+            let next = *x25519(&k, &u);
             u = k;
             k = next;
             if round == 1 {
@@ -259,12 +265,12 @@ mod tests {
             } else {
                 twist += 1;
             }
-            assert_eq!(x25519(&scalar, &u), x25519_dalek::x25519(scalar, u));
+            assert_eq!(*x25519(&scalar, &u), x25519_dalek::x25519(scalar, u));
             // a real public key, as every agent and server has
             let public = *SecretKey::from_bytes(random()).public_key().as_bytes();
             assert!(on_curve(&public));
             assert_eq!(
-                x25519(&scalar, &public),
+                *x25519(&scalar, &public),
                 x25519_dalek::x25519(scalar, public)
             );
         }
@@ -286,34 +292,39 @@ mod tests {
     #[test]
     fn edge_points_match_the_ladder() {
         let minus_one = bytes("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
-        assert!(!on_curve(&minus_one), "-1 has no Edwards form");
-        // 0, 1, -1, p, p + 1 and all ones: small, non-canonical and twist
+        assert!(!on_curve(&minus_one), "-1 is on the twist");
+        // all ones is p + 18 with the top bit set: a non-canonical u that
+        // X25519 reads as 18, which is on the curve
+        let all_ones = [0xff; KEY_LEN];
+        let mut eighteen = [0u8; KEY_LEN];
+        eighteen[0] = 18;
+        assert!(
+            on_curve(&all_ones),
+            "the Edwards form with a non-canonical u"
+        );
+        // 0, 1, -1, p, p + 1: small, non-canonical and twist
         let mut one = [0u8; KEY_LEN];
         one[0] = 1;
         let p = bytes("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
         let p_plus_one = bytes("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
-        for u in [
-            [0u8; KEY_LEN],
-            one,
-            minus_one,
-            p,
-            p_plus_one,
-            [0xff; KEY_LEN],
-        ] {
+        for u in [[0u8; KEY_LEN], one, minus_one, p, p_plus_one, all_ones] {
             for _ in 0..20 {
                 let scalar = random();
                 assert_eq!(
-                    x25519(&scalar, &u),
+                    *x25519(&scalar, &u),
                     x25519_dalek::x25519(scalar, u),
                     "u {u:?}"
                 );
             }
         }
+        let scalar = random();
+        assert_eq!(x25519(&scalar, &all_ones), x25519(&scalar, &eighteen));
     }
 
     #[test]
     fn low_order_points_are_refused() {
-        // the points of small order, in canonical and non-canonical forms
+        // the points of small order, in canonical and non-canonical forms,
+        // each also with the top bit set (which X25519 ignores)
         let low_order = [
             "0000000000000000000000000000000000000000000000000000000000000000",
             "0100000000000000000000000000000000000000000000000000000000000000",
@@ -325,11 +336,17 @@ mod tests {
         ];
         let secret = SecretKey::generate().expect("key");
         for u in low_order {
-            let peer = PublicKey::from_bytes(bytes(u));
-            assert!(
-                matches!(secret.diffie_hellman(&peer), Err(Error::NonContributory)),
-                "{u} was accepted"
-            );
+            let mut top_bit = bytes(u);
+            top_bit[KEY_LEN - 1] |= 0x80;
+            for peer in [bytes(u), top_bit] {
+                assert!(
+                    matches!(
+                        secret.diffie_hellman(&PublicKey::from_bytes(peer)),
+                        Err(Error::NonContributory)
+                    ),
+                    "{peer:?} was accepted"
+                );
+            }
         }
     }
 }
