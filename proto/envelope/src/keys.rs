@@ -191,12 +191,7 @@ mod tests {
     use super::*;
 
     fn bytes(hex: &str) -> [u8; KEY_LEN] {
-        let mut out = [0u8; KEY_LEN];
-        for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            let digit = |c: u8| hex_digit(c).expect("hex digit");
-            *byte = (digit(pair[0]) << 4) | digit(pair[1]);
-        }
-        out
+        hex.parse::<PublicKey>().expect("64 hex digits").to_bytes()
     }
 
     fn random() -> [u8; KEY_LEN] {
